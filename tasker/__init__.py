@@ -1,0 +1,10 @@
+"""tasker: a Celery worker fleet with observability built in.
+
+``celery -A tasker worker`` finds the Celery app as ``tasker.app``.
+"""
+
+from tasker.celery_app import app
+from tasker.correlation import current_correlation_id
+from tasker.registry import handler
+
+__all__ = ["app", "current_correlation_id", "handler"]

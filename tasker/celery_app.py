@@ -1,0 +1,33 @@
+"""The Celery application object.
+
+Creating the app touches nothing outside this process: its configuration is the
+module :mod:`tasker.celeryconfig`, which Celery imports the first time the
+configuration is read (that is where settings are parsed and validated).
+Signal receivers and bootsteps are connected here because that is how Celery
+finds them in every process that imports ``tasker``.
+"""
+
+from celery import Celery
+from celery.signals import setup_logging
+
+app = Celery("tasker")
+app.config_from_object("tasker.celeryconfig")
+
+# Imported for their side effect of connecting Celery signal receivers.
+from tasker import correlation, worker_process  # noqa: E402,F401
+from tasker.metrics import recording  # noqa: E402,F401
+from tasker.metrics.bootstep import TaskerMetricsStep  # noqa: E402
+
+app.steps["worker"].add(TaskerMetricsStep)
+
+__all__ = ["app"]
+
+
+@setup_logging.connect(weak=False)
+def _configure_logging(loglevel: object = None, **_: object) -> None:
+    # Receiving this signal stops Celery from configuring logging itself.
+    from tasker.logs import configure_logging
+    from tasker.settings import get_settings
+
+    settings = get_settings()
+    configure_logging(settings.log_format, loglevel or settings.log_level)  # type: ignore[arg-type]

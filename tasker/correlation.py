@@ -1,0 +1,169 @@
+"""Correlation ids and publish stamps carried in every message's headers.
+
+Every message tasker publishes carries:
+
+* ``tasker_correlation_id``: a UUIDv7 naming one piece of work. A message
+  published while a task runs inherits the running task's id (so chains,
+  groups, chords and retries keep it); a new piece of work gets a new one.
+  (Not ``correlation_id``: Celery sets the AMQP property of that name to the
+  task id, and the worker copies it over any header of that name.)
+* ``tasker_parent_correlation_id``: the id of the work that started this one.
+* ``tasker_published_at``: Unix time of publishing, for queue wait and the
+  age of the oldest waiting message.
+* ``tasker_delivery``: ``event`` (normal publish) or ``poll`` (re-dispatched
+  by the recovery poller).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+from celery.signals import before_task_publish, task_postrun, task_prerun, task_received
+
+__all__ = [
+    "CORRELATION_HEADER",
+    "PARENT_HEADER",
+    "PUBLISHED_AT_HEADER",
+    "DELIVERY_HEADER",
+    "uuid7",
+    "current_correlation_id",
+    "current_parent_correlation_id",
+    "new_correlation",
+    "is_valid_correlation_id",
+]
+
+CORRELATION_HEADER = "tasker_correlation_id"
+PARENT_HEADER = "tasker_parent_correlation_id"
+PUBLISHED_AT_HEADER = "tasker_published_at"
+DELIVERY_HEADER = "tasker_delivery"
+
+logger = logging.getLogger("tasker.correlation")
+
+_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+_current: ContextVar[str | None] = ContextVar("tasker_correlation_id", default=None)
+_parent: ContextVar[str | None] = ContextVar("tasker_parent_correlation_id", default=None)
+
+
+def uuid7() -> str:
+    """A time-ordered UUID (RFC 9562 version 7) as a string."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & 0xFFFF_FFFF_FFFF) << 80
+    value |= 0x7 << 76  # version
+    value |= (rand >> 68) << 64 & (0xFFF << 64)  # 12 random bits
+    value |= 0b10 << 62  # variant
+    value |= rand & 0x3FFF_FFFF_FFFF_FFFF  # 62 random bits
+    return str(uuid.UUID(int=value))
+
+
+def is_valid_correlation_id(value: object) -> bool:
+    """A correlation id is a canonical lower-case UUID string (any version)."""
+    return isinstance(value, str) and len(value) == 36 and bool(_UUID_RE.match(value))
+
+
+def current_correlation_id() -> str | None:
+    """The correlation id of the task running in this context, if any."""
+    return _current.get()
+
+
+def current_parent_correlation_id() -> str | None:
+    return _parent.get()
+
+
+@contextmanager
+def new_correlation(correlation_id: str | None = None,
+                    parent_correlation_id: str | None = None) -> Iterator[str]:
+    """Start a new piece of work: messages published inside carry a new id.
+
+    Inside a running task, the default parent is the running task's id, so a
+    nested workflow can be traced back to the one that started it.
+    """
+    if correlation_id is not None and not is_valid_correlation_id(correlation_id):
+        raise ValueError(f"correlation id must be a UUID string, got {correlation_id!r}")
+    parent = parent_correlation_id if parent_correlation_id is not None else _current.get()
+    cid = correlation_id or uuid7()
+    token, parent_token = _current.set(cid), _parent.set(parent)
+    try:
+        yield cid
+    finally:
+        _current.reset(token)
+        _parent.reset(parent_token)
+
+
+@before_task_publish.connect(weak=False)
+def _stamp_headers(headers: MutableMapping[str, Any] | None = None, **_: Any) -> None:
+    """Publisher side: stamp time, delivery path and correlation ids."""
+    if headers is None:
+        return
+    headers[PUBLISHED_AT_HEADER] = time.time()
+    headers.setdefault(DELIVERY_HEADER, "event")
+    given = headers.get(CORRELATION_HEADER)
+    if not is_valid_correlation_id(given):
+        # Inside a task (or a new_correlation block) the context decides;
+        # otherwise this publish starts new work.
+        headers[CORRELATION_HEADER] = _current.get() or uuid7()
+        parent = _parent.get()
+        if parent and not headers.get(PARENT_HEADER):
+            headers[PARENT_HEADER] = parent
+    if PARENT_HEADER in headers and not is_valid_correlation_id(headers[PARENT_HEADER]):
+        del headers[PARENT_HEADER]
+
+
+_logged_missing = False
+
+
+@task_received.connect(weak=False)
+def _ensure_correlation_on_receipt(request: Any = None, **_: Any) -> None:
+    """MainProcess: a message from a non-tasker client gets an id at receipt."""
+    global _logged_missing
+    try:
+        headers = request._request_dict  # what the pool process will see as task.request
+        if is_valid_correlation_id(headers.get(CORRELATION_HEADER)):
+            return
+        invalid = headers.get(CORRELATION_HEADER)
+        headers[CORRELATION_HEADER] = uuid7()
+        if not _logged_missing:
+            _logged_missing = True
+            logger.warning(
+                "correlation.assigned_at_receipt",
+                extra={"task": request.name, "task_id": request.id,
+                       "reason": "invalid header" if invalid is not None else "no header",
+                       "correlation_id": headers[CORRELATION_HEADER]},
+            )
+    except Exception:  # noqa: BLE001 - never fail a message over its correlation id
+        logger.debug("correlation.assign_failed", exc_info=True)
+
+
+_tokens: dict[str, tuple[Any, Any]] = {}
+
+
+@task_prerun.connect(weak=False)
+def _enter_task_context(task_id: str = "", task: Any = None, **_: Any) -> None:
+    request = getattr(task, "request", None)
+    cid = getattr(request, CORRELATION_HEADER, None)
+    if not is_valid_correlation_id(cid):
+        cid = uuid7()
+    parent = getattr(request, PARENT_HEADER, None)
+    _tokens[task_id] = (_current.set(cid), _parent.set(parent if is_valid_correlation_id(parent)
+                                                       else None))
+
+
+@task_postrun.connect(weak=False)
+def _leave_task_context(task_id: str = "", **_: Any) -> None:
+    tokens = _tokens.pop(task_id, None)
+    if tokens is not None:
+        try:
+            _current.reset(tokens[0])
+            _parent.reset(tokens[1])
+        except ValueError:  # reset from another context: just clear
+            _current.set(None)
+            _parent.set(None)

@@ -1,0 +1,258 @@
+"""Wires metrics into a Celery worker node.
+
+``TaskerMetricsStep`` is a worker bootstep. When the worker is built (before
+its pool forks) it claims the node's multiprocess directory, switches
+prometheus_client to multiprocess mode and activates recording; when the
+worker starts it serves ``/metrics`` from the MainProcess and runs a
+housekeeping thread (exits of pool processes, compaction, the periodic
+``worker.metrics_report`` line). Its ``info()`` puts the node snapshot under
+``tasker`` in ``celery inspect stats``, which is what Flower shows.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+from celery import bootsteps
+from celery.signals import worker_process_init, worker_process_shutdown
+
+from tasker.metrics import identity, recording
+from tasker.metrics.directory import NodeDirectory, prepare_directory
+from tasker.metrics.node import EXIT_MARKER, PROC_MARKER, Node, WorkerView
+from tasker.metrics.node_state import FILE_NAME as NODE_STATE_FILE
+from tasker.metrics.node_state import NodeState
+from tasker.metrics.server import MetricsServer, MetricsServerError
+from tasker.settings import Settings, get_settings
+
+__all__ = ["TaskerMetricsStep", "current_node", "HOUSEKEEPING_INTERVAL"]
+
+logger = logging.getLogger("tasker.metrics")
+
+#: Seconds between sweeps for exited pool processes (bounds the file count).
+HOUSEKEEPING_INTERVAL = 1.0
+
+_node: Node | None = None
+
+
+def current_node() -> Node | None:
+    """The node of this worker's MainProcess (None in pool processes and tools)."""
+    return _node if _node is not None and _node.main_pid == os.getpid() else None
+
+
+def _use_multiprocess_values(directory: str) -> None:
+    """Point prometheus_client at the node's directory, with pid-reuse-safe names."""
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    from prometheus_client import values
+
+    values.ValueClass = values.MultiProcessValue(identity.process_identifier)
+
+
+def _worker_view(worker: Any) -> WorkerView:
+    from celery.worker import state as worker_state
+
+    def pool_pids() -> list[int]:
+        pool = getattr(worker, "pool", None)
+        try:
+            return [int(p) for p in (pool.info.get("processes") or [])] if pool else []
+        except Exception:  # noqa: BLE001 - the pool may be restarting
+            return []
+
+    def reserved() -> int:
+        active = set(worker_state.active_requests)
+        return sum(1 for r in list(worker_state.reserved_requests) if r not in active)
+
+    def scheduled() -> int | None:
+        timer = getattr(getattr(worker, "consumer", None), "timer", None)
+        if timer is None:
+            return None
+        from celery.worker.request import Request
+
+        count = 0
+        for waiting in list(timer.queue):
+            args = getattr(getattr(waiting, "entry", None), "args", None) or ()
+            if args and isinstance(args[0], Request):
+                count += 1
+        return count
+
+    def broker_connected() -> bool:
+        consumer = getattr(worker, "consumer", None)
+        return consumer is not None and getattr(consumer, "connection", None) is not None
+
+    pool_cls = getattr(worker, "pool_cls", "prefork")
+    pool_name = getattr(pool_cls, "__module__", str(pool_cls)).rsplit(".", 1)[-1]
+    return WorkerView(pool_name=pool_name, concurrency=int(worker.concurrency or 1),
+                      pool_pids=pool_pids, reserved=reserved, scheduled=scheduled,
+                      broker_connected=broker_connected)
+
+
+def _queue_resolver(app: Any) -> Any:
+    """(exchange, routing key) -> the queue name a message was routed to."""
+    cache: dict[tuple[str | None, str | None], str] = {}
+
+    def resolve(exchange: str | None, routing_key: str | None) -> str:
+        key = (exchange, routing_key)
+        found = cache.get(key)
+        if found is None:
+            found = routing_key or exchange or "unknown"
+            for queue in app.amqp.queues.values():
+                if queue.routing_key == routing_key and (
+                        not exchange or queue.exchange is None or queue.exchange.name == exchange):
+                    found = queue.name
+                    break
+            if len(cache) < 1000:  # routing keys are few; never grow without bound
+                cache[key] = found
+        return found
+
+    return resolve
+
+
+class TaskerMetricsStep(bootsteps.StartStopStep):
+    """Metrics for one worker node (MainProcess side)."""
+
+    label = "tasker metrics"
+    requires = ("celery.worker.components:Pool",)
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        global _node
+        super().__init__(worker, **kwargs)
+        self.settings: Settings = get_settings()
+        self.server: MetricsServer | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.directory: NodeDirectory = prepare_directory(self.settings.multiproc_dir)
+        _use_multiprocess_values(self.directory.path)
+
+        from tasker import __name__ as _pkg  # noqa: F401 - the app is configured by now
+        from tasker.metrics.definitions import create_metrics
+        from tasker.registry import registry
+
+        started = time.time()
+        metrics = create_metrics()
+        state = NodeState.create(os.path.join(self.directory.path, NODE_STATE_FILE),
+                                 self.settings.rate_window, self.settings.ema_alpha, started)
+        hostname = worker.hostname
+        app = worker.app
+        _node = Node(hostname, self.directory.path, metrics, state, registry,
+                     WorkerView(), _version(), started=started,
+                     fleet=_fleet_view(self.settings, self.directory.path))
+        recording.activate(recording.Recorder(
+            metrics, state, hostname, known_tasks=lambda: app.tasks,
+            queue_names=_queue_resolver(app), directory=self.directory.path))
+        self.node = _node
+
+    def start(self, worker: Any) -> None:
+        self.node.worker = _worker_view(worker)
+        s = self.settings
+        self.server = MetricsServer(s.metrics_bind, s.metrics_port, self.node.families,
+                                    self.node.snapshot, self._health, s.metrics_token)
+        try:
+            self.server.start()
+            logger.info("metrics.serving", extra={
+                "worker": self.node.hostname, "bind": s.metrics_bind, "port": self.server.port,
+                "url": f"http://{s.metrics_bind}:{self.server.port}/metrics",
+                "directory": self.directory.path})
+        except MetricsServerError as exc:
+            # The node still processes tasks; only the endpoint is missing.
+            logger.error("metrics.server_failed", extra={"reason": str(exc)})
+            print(f"tasker: {exc}", file=sys.stderr)
+            self.server = None
+        self._thread = threading.Thread(target=self._housekeeping, name="tasker-housekeeping",
+                                        daemon=True)
+        self._thread.start()
+
+    def _health(self) -> tuple[bool, str]:
+        if self.node.worker.broker_connected():
+            return True, "connected to the broker"
+        return False, "not connected to the broker; reconnecting"
+
+    def _housekeeping(self) -> None:
+        interval = self.settings.metrics_interval
+        next_report = time.monotonic() + interval if interval else None
+        while not self._stop.wait(HOUSEKEEPING_INTERVAL):
+            try:
+                self.node.sweep()
+                if next_report is not None and time.monotonic() >= next_report:
+                    next_report += interval
+                    self._report()
+            except Exception:  # noqa: BLE001 - keep the thread alive
+                logger.exception("metrics.housekeeping_failed")
+
+    def _report(self) -> None:
+        snap = self.node.snapshot()
+        keys = ("worker", "uptime", "total_runs", "succeeded", "failed", "retried",
+                "success_rate", "processing_rate", "average_latency_ms", "active_processors",
+                "pool_processes", "pool_utilization", "handler_count")
+        logger.info("worker.metrics_report", extra={k: snap.get(k) for k in keys})
+
+    def info(self, worker: Any) -> dict[str, Any]:
+        try:
+            snapshot = self.node.snapshot()
+            snapshot["metrics_port"] = self.server.port if self.server else None
+            return {"tasker": snapshot}
+        except Exception as exc:  # noqa: BLE001 - inspect stats must still answer
+            logger.exception("metrics.snapshot_failed")
+            return {"tasker": {"error": str(exc)}}
+
+    def stop(self, worker: Any) -> None:
+        self._stop.set()
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    def shutdown(self, worker: Any) -> None:
+        global _node
+        self.stop(worker)
+        recording.deactivate()
+        _node = None
+        self.directory.release()
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tasker")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _fleet_view(settings: Settings, directory: str) -> Any:
+    from tasker.sampler.export import FleetExport
+
+    return FleetExport(directory, settings.sample_interval)
+
+
+# -- pool processes ----------------------------------------------------------
+
+@worker_process_init.connect(weak=False)
+def _pool_process_started(**_: Any) -> None:
+    recorder = recording.current()
+    if recorder is None:
+        return
+    try:
+        # The marker tells the MainProcess this process existed, so that its
+        # exit is counted even if it dies before a scrape ever saw it.
+        with open(os.path.join(recorder.directory, PROC_MARKER + identity.process_identifier()),
+                  "w"):
+            pass
+        recorder.child(recorder.metrics.tasks_active, recorder.worker).set(0)
+    except Exception:  # noqa: BLE001 - metrics must never stop a process from starting
+        logger.exception("metrics.process_init_failed")
+
+
+@worker_process_shutdown.connect(weak=False)
+def _pool_process_exiting(exitcode: int | None = None, **_: Any) -> None:
+    recorder = recording.current()
+    if recorder is None:
+        return
+    try:
+        path = os.path.join(recorder.directory, EXIT_MARKER + identity.process_identifier())
+        with open(path, "w") as f:
+            f.write(str(exitcode if exitcode is not None else 0))
+    except OSError:
+        pass  # the directory is gone: the node is shutting down

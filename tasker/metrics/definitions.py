@@ -1,0 +1,117 @@
+"""Every metric that a worker process records, defined once, here.
+
+Name, help, labels and multiprocess mode sit side by side. The objects are
+created by :func:`create_metrics` when a worker node activates metrics (after
+it has chosen its multiprocess directory), never at import time: the
+multiprocess mode of prometheus_client is fixed when a value is created.
+
+Node-level gauges that the MainProcess computes at scrape time (pool size,
+processing rate, latency EMA, memory...) are not here but in
+:mod:`tasker.metrics.node`, and fleet samples in :mod:`tasker.sampler.export`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import Counter, Gauge, Histogram
+
+__all__ = ["TaskMetrics", "create_metrics", "RUNTIME_BUCKETS", "WAIT_BUCKETS", "LIVE_GAUGE_MODES"]
+
+#: Seconds; tasks range from sub-millisecond no-ops to long batch jobs.
+RUNTIME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                   10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+#: Seconds from publish (or ETA) to start; backlogs can last hours.
+WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0)
+#: Seconds a caller waited for a pooled database connection.
+POOL_WAIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                     1.0, 2.5, 5.0, 10.0, 30.0)
+
+#: Gauges a process writes must vanish when it dies, so only "live" modes are allowed.
+LIVE_GAUGE_MODES = frozenset({"livesum", "liveall", "livemax", "livemin"})
+
+
+@dataclass(frozen=True)
+class TaskMetrics:
+    """The metric objects of one process (shared by the MainProcess and its children)."""
+
+    received: Counter
+    started: Counter
+    succeeded: Counter
+    failed: Counter
+    retried: Counter
+    revoked: Counter
+    rejected: Counter
+    runtime: Histogram
+    queue_wait: Histogram
+    tasks_active: Gauge
+    process_exits: Counter
+    metrics_errors: Counter
+    db_pool_size: Gauge
+    db_pool_available: Gauge
+    db_pool_max: Gauge
+    db_pool_waiting: Gauge
+    db_pool_wait: Histogram
+    db_pool_errors: Counter
+    sample_skipped: Counter
+
+
+def create_metrics() -> TaskMetrics:
+    """Create the metric objects (unregistered: the node store reads their files)."""
+    task_labels = ("task", "queue")
+    return TaskMetrics(
+        # Recorded in the MainProcess (task_received).
+        received=Counter("tasker_tasks_received", "Messages this node accepted.",
+                         task_labels, registry=None),
+        # Recorded in the pool process that runs the task (task_prerun...).
+        started=Counter("tasker_tasks_started", "Task executions started.",
+                        task_labels, registry=None),
+        succeeded=Counter("tasker_tasks_succeeded", "Task executions that succeeded.",
+                          task_labels, registry=None),
+        # Pool process for ordinary exceptions; MainProcess for time limits,
+        # lost processes and Reject(requeue=False).
+        failed=Counter("tasker_tasks_failed",
+                       "Task executions that raised, hit a time limit or lost their process.",
+                       (*task_labels, "exception"), registry=None),
+        retried=Counter("tasker_tasks_retried", "Task executions that asked to be retried.",
+                        task_labels, registry=None),
+        revoked=Counter("tasker_tasks_revoked", "Tasks revoked before or while running.",
+                        task_labels, registry=None),
+        rejected=Counter("tasker_tasks_rejected", "Messages rejected: unknown task, bad body...",
+                         ("reason",), registry=None),
+        runtime=Histogram("tasker_task_runtime_seconds",
+                          "Task runtime from start to finish, every outcome.",
+                          task_labels, buckets=RUNTIME_BUCKETS, registry=None),
+        queue_wait=Histogram("tasker_task_queue_wait_seconds",
+                             "Seconds from publish (or ETA) to start.",
+                             task_labels, buckets=WAIT_BUCKETS, registry=None),
+        # livesum: a process that dies stops counting at once.
+        tasks_active=Gauge("tasker_worker_tasks_active", "Tasks executing now.",
+                           ("worker",), multiprocess_mode="livesum", registry=None),
+        # Recorded by the MainProcess when it notices a pool process is gone.
+        process_exits=Counter("tasker_worker_process_exits",
+                              "Pool process exits: recycled, lost (signal, OOM) or error.",
+                              ("worker", "reason"), registry=None),
+        metrics_errors=Counter("tasker_metrics_errors",
+                               "Failures inside tasker's own recording (the task went on).",
+                               ("stage",), registry=None),
+        db_pool_size=Gauge("tasker_db_pool_size", "Connections the node's pools hold.",
+                           ("worker",), multiprocess_mode="livesum", registry=None),
+        db_pool_available=Gauge("tasker_db_pool_available", "Idle pooled connections.",
+                                ("worker",), multiprocess_mode="livesum", registry=None),
+        db_pool_max=Gauge("tasker_db_pool_max", "Configured pool maximum, summed over processes.",
+                          ("worker",), multiprocess_mode="livesum", registry=None),
+        db_pool_waiting=Gauge("tasker_db_pool_requests_waiting",
+                              "Callers waiting for a pooled connection now.",
+                              ("worker",), multiprocess_mode="livesum", registry=None),
+        db_pool_wait=Histogram("tasker_db_pool_wait_seconds",
+                               "Seconds callers waited for a pooled connection.",
+                               ("worker",), buckets=POOL_WAIT_BUCKETS, registry=None),
+        db_pool_errors=Counter("tasker_db_pool_errors", "Database pool errors by kind.",
+                               ("worker", "kind"), registry=None),
+        # Recorded by the fleet sampler task when a round would pile up.
+        sample_skipped=Counter("tasker_sample_skipped",
+                               "Fleet sample rounds skipped: overlap with a running one, or stale.",
+                               ("reason",), registry=None),
+    )

@@ -1,0 +1,316 @@
+"""Celery signal receivers that record task metrics.
+
+Which process runs what (prefork pool):
+
+* MainProcess: ``task_received``, ``task_revoked``, ``task_rejected``,
+  ``task_unknown``, and ``task_failure`` for hard time limits, lost processes
+  (``WorkerLostError``) and ``Reject(requeue=False)``. The MainProcess is the
+  node's throughput bottleneck, so it does one counter increment per task.
+* Pool process: ``task_prerun``, ``task_postrun``, ``task_success``,
+  ``task_retry`` and ordinary ``task_failure``.
+
+Recording is inert until a worker node calls :func:`activate` (see
+:mod:`tasker.metrics.bootstep`), so publishers and tools that import tasker
+record nothing. Every receiver is wrapped so that a metrics failure is logged
+and counted and the task goes on.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from celery.signals import (
+    task_failure,
+    task_postrun,
+    task_prerun,
+    task_received,
+    task_rejected,
+    task_retry,
+    task_revoked,
+    task_success,
+    task_unknown,
+)
+
+from tasker.correlation import PUBLISHED_AT_HEADER
+from tasker.metrics.definitions import TaskMetrics
+from tasker.metrics.node_state import NodeState
+
+__all__ = ["activate", "deactivate", "Recorder", "UNREGISTERED", "MAX_EXCEPTION_LABELS"]
+
+logger = logging.getLogger("tasker.metrics")
+
+#: Label value for a task name this node does not know (keeps labels bounded).
+UNREGISTERED = "unregistered"
+#: Distinct exception class names per process before the rest become ``other``.
+MAX_EXCEPTION_LABELS = 50
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Recorder:
+    """Per-process recording state: metric objects plus label caches.
+
+    Args:
+        metrics: the node's metric objects.
+        node_state: the node's shared statistics (rate window, EMA).
+        worker: the node name, e.g. ``celery@host``.
+        known_tasks: task names this node runs (anything else is ``unregistered``).
+        queue_names: maps (exchange, routing key) to the queue a message came from.
+        directory: the node's multiprocess directory.
+    """
+
+    def __init__(self, metrics: TaskMetrics, node_state: NodeState, worker: str,
+                 known_tasks: Callable[[], Mapping[str, Any]],
+                 queue_names: Callable[[str | None, str | None], str],
+                 directory: str = "") -> None:
+        self.metrics = metrics
+        self.node_state = node_state
+        self.worker = worker
+        self.directory = directory
+        self._known_tasks = known_tasks
+        self._queue_names = queue_names
+        self._started: dict[str, float] = {}
+        self._exceptions: set[str] = set()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    # Label helpers -------------------------------------------------------
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, cached: ``labels()`` costs more than ``inc()``."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
+    def task_label(self, name: str | None) -> str:
+        return name if name and name in self._known_tasks() else UNREGISTERED
+
+    def queue_label(self, delivery_info: Mapping[str, Any] | None) -> str:
+        info = delivery_info or {}
+        return self._queue_names(info.get("exchange"), info.get("routing_key"))
+
+    def exception_label(self, exc: BaseException | None) -> str:
+        name = type(exc).__name__ if exc is not None else "unknown"
+        if name in self._exceptions:
+            return name
+        if len(self._exceptions) < MAX_EXCEPTION_LABELS:
+            self._exceptions.add(name)
+            return name
+        return "other"
+
+    def labels_of(self, task: Any) -> tuple[str, str]:
+        request = task.request
+        return self.task_label(task.name), self.queue_label(request.delivery_info)
+
+    # Pool-process side ----------------------------------------------------
+
+    def on_prerun(self, task_id: str, task: Any) -> None:
+        labels = self.labels_of(task)
+        now = time.time()
+        self._started[task_id] = time.perf_counter()
+        self.child(self.metrics.started, *labels).inc()
+        self.child(self.metrics.tasks_active, self.worker).inc()
+        published = _published_at(task.request)
+        if published is not None:
+            start_from = published
+            eta = _eta_timestamp(task.request)
+            if eta is not None and eta > start_from:
+                start_from = eta
+            self.child(self.metrics.queue_wait, *labels).observe(max(0.0, now - start_from))
+
+    def on_postrun(self, task_id: str, task: Any) -> None:
+        started = self._started.pop(task_id, None)
+        self.child(self.metrics.tasks_active, self.worker).dec()
+        if started is None:
+            return
+        runtime = time.perf_counter() - started
+        self.child(self.metrics.runtime, *self.labels_of(task)).observe(runtime)
+        self.node_state.record_finished(runtime, time.time())
+
+    def on_success(self, task: Any) -> None:
+        self.child(self.metrics.succeeded, *self.labels_of(task)).inc()
+
+    def on_retry(self, task: Any, request: Any) -> None:
+        name = getattr(request, "task", None) or task.name
+        info = getattr(request, "delivery_info", None)
+        self.child(self.metrics.retried, self.task_label(name), self.queue_label(info)).inc()
+
+    # Either process --------------------------------------------------------
+
+    def on_failure(self, task: Any, task_id: str, exception: BaseException | None) -> None:
+        in_main = os.getpid() == _main_pid and task_id not in self._started
+        request = _active_request(task_id) if in_main else None
+        if request is not None:
+            task_name = self.task_label(request.name)
+            queue = self.queue_label(request.delivery_info)
+        else:
+            task_name, queue = self.labels_of(task)
+        self.child(self.metrics.failed, task_name, queue, self.exception_label(exception)).inc()
+        time_start = getattr(request, "time_start", None)
+        if time_start is not None:
+            # Failed in the MainProcess (hard time limit, lost process): the
+            # pool process never reached task_postrun, so its runtime ends here.
+            runtime = max(0.0, time.time() - time_start)
+            self.child(self.metrics.runtime, task_name, queue).observe(runtime)
+            self.node_state.record_finished(runtime, time.time())
+
+    # MainProcess side ------------------------------------------------------
+
+    def on_received(self, request: Any) -> None:
+        self.child(self.metrics.received, self.task_label(request.name),
+                   self.queue_label(request.delivery_info)).inc()
+
+    def on_revoked(self, task: Any, request: Any) -> None:
+        name = getattr(request, "task", None) or getattr(task, "name", None)
+        info = getattr(request, "delivery_info", None)
+        self.child(self.metrics.revoked, self.task_label(name), self.queue_label(info)).inc()
+
+    def on_rejected(self, reason: str) -> None:
+        self.child(self.metrics.rejected, reason).inc()
+
+
+_recorder: Recorder | None = None
+_main_pid: int | None = None
+
+
+def activate(recorder: Recorder) -> None:
+    """Start recording in this process and, through fork, in its pool processes."""
+    global _recorder, _main_pid
+    _recorder, _main_pid = recorder, os.getpid()
+
+
+def deactivate() -> None:
+    global _recorder
+    _recorder = None
+
+
+def current() -> Recorder | None:
+    return _recorder
+
+
+def _active_request(task_id: str) -> Any:
+    """The MainProcess's request object for ``task_id`` while it is still active."""
+    from celery.worker import state
+
+    return next((r for r in list(state.active_requests) if r.id == task_id), None)
+
+
+def _published_at(request: Any) -> float | None:
+    value = getattr(request, PUBLISHED_AT_HEADER, None)
+    if value is None:
+        headers = getattr(request, "headers", None) or {}
+        value = headers.get(PUBLISHED_AT_HEADER)
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _eta_timestamp(request: Any) -> float | None:
+    eta = getattr(request, "eta", None)
+    if not eta:
+        return None
+    try:
+        from datetime import datetime
+
+        return datetime.fromisoformat(eta).timestamp() if isinstance(eta, str) else eta.timestamp()
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+def _guarded(stage: str) -> Callable[[F], F]:
+    """Run a receiver only while recording is active, and never let it raise."""
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def receiver(*args: Any, **kwargs: Any) -> None:
+            recorder = _recorder
+            if recorder is None:
+                return
+            try:
+                fn(recorder, *args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - metrics must never fail a task
+                _count_own_failure(recorder, stage, exc)
+
+        return receiver  # type: ignore[return-value]
+
+    return decorate
+
+
+_failures_logged: set[str] = set()
+
+
+def _count_own_failure(recorder: Recorder, stage: str, exc: Exception) -> None:
+    if stage not in _failures_logged:
+        _failures_logged.add(stage)
+        logger.error("metrics.record_failed", exc_info=exc, extra={"stage": stage})
+    else:
+        logger.debug("metrics.record_failed", exc_info=exc, extra={"stage": stage})
+    try:
+        recorder.child(recorder.metrics.metrics_errors, stage).inc()
+    except Exception:  # noqa: BLE001 - e.g. the metrics directory itself is broken
+        pass
+
+
+@task_received.connect(weak=False)
+@_guarded("received")
+def _on_received(recorder: Recorder, sender: Any = None, request: Any = None, **_: Any) -> None:
+    recorder.on_received(request)
+
+
+@task_prerun.connect(weak=False)
+@_guarded("prerun")
+def _on_prerun(recorder: Recorder, sender: Any = None, task_id: str = "", task: Any = None,
+               **_: Any) -> None:
+    recorder.on_prerun(task_id, task or sender)
+
+
+@task_postrun.connect(weak=False)
+@_guarded("postrun")
+def _on_postrun(recorder: Recorder, sender: Any = None, task_id: str = "", task: Any = None,
+                **_: Any) -> None:
+    recorder.on_postrun(task_id, task or sender)
+
+
+@task_success.connect(weak=False)
+@_guarded("success")
+def _on_success(recorder: Recorder, sender: Any = None, **_: Any) -> None:
+    recorder.on_success(sender)
+
+
+@task_failure.connect(weak=False)
+@_guarded("failure")
+def _on_failure(recorder: Recorder, sender: Any = None, task_id: str = "",
+                exception: BaseException | None = None, **_: Any) -> None:
+    recorder.on_failure(sender, task_id, exception)
+
+
+@task_retry.connect(weak=False)
+@_guarded("retry")
+def _on_retry(recorder: Recorder, sender: Any = None, request: Any = None, **_: Any) -> None:
+    recorder.on_retry(sender, request)
+
+
+@task_revoked.connect(weak=False)
+@_guarded("revoked")
+def _on_revoked(recorder: Recorder, sender: Any = None, request: Any = None, **_: Any) -> None:
+    recorder.on_revoked(sender, request)
+
+
+@task_rejected.connect(weak=False)
+@_guarded("rejected")
+def _on_rejected(recorder: Recorder, sender: Any = None, message: Any = None,
+                 exc: BaseException | None = None, **_: Any) -> None:
+    recorder.on_rejected("invalid_message" if exc is not None else "unknown_message")
+
+
+@task_unknown.connect(weak=False)
+@_guarded("unknown")
+def _on_unknown(recorder: Recorder, sender: Any = None, **_: Any) -> None:
+    recorder.on_rejected("unknown_task")

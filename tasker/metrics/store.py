@@ -1,0 +1,331 @@
+"""Read, merge and compact a node's multiprocess metric files.
+
+prometheus_client's stock ``MultiProcessCollector`` re-reads and re-parses every
+file at every scrape and never forgets a dead process, so a node that recycles
+its pool processes gets slower to scrape without bound. This store keeps what
+does not change between scrapes:
+
+* a file's entries are append-only, so each key is parsed once, and the values
+  of a whole file are read with one precompiled ``struct`` call;
+* a file whose process has exited (checked against ``/proc``, see
+  :mod:`tasker.metrics.identity`) is folded into an in-memory archive (counters
+  and histograms) or dropped (live gauges) and then deleted, so the directory
+  holds files of live processes only.
+
+The file format is prometheus_client's ``MmapedDict``: a 4-byte ``used`` size,
+4 bytes of padding, then entries of (4-byte key length, UTF-8 JSON key padded
+to 8 bytes, double value, double timestamp).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from prometheus_client.metrics_core import Metric
+from prometheus_client.utils import floatToGoString
+
+from tasker.metrics import identity
+
+__all__ = ["MetricStore", "StoreReading", "Series"]
+
+logger = logging.getLogger("tasker.metrics")
+
+_HEADER = struct.Struct("<i")
+_FILE_TYPES = frozenset({"counter", "histogram", "gauge"})
+
+
+@dataclass(frozen=True)
+class Series:
+    """One sample series as written by prometheus_client."""
+
+    metric: str  # family name, e.g. ``tasker_task_runtime_seconds``
+    sample: str  # sample name, e.g. ``tasker_task_runtime_seconds_bucket``
+    labels: tuple[tuple[str, str], ...]  # sorted, ``le`` included for buckets
+    help: str
+    typ: str
+    mode: str  # gauge multiprocess mode, "" otherwise
+
+
+@dataclass
+class _FileState:
+    """What is known about one ``.db`` file between scrapes."""
+
+    typ: str
+    mode: str
+    owner: str
+    parsed_upto: int = 8
+    sids: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    unpack: struct.Struct | None = None
+
+
+@dataclass
+class StoreReading:
+    """Merged values of every process of the node at one moment.
+
+    Attributes:
+        series: every series known, indexed by series id.
+        totals: counters and histogram samples summed over live and dead
+            processes; gauges aggregated by their multiprocess mode (live only).
+        per_process: gauge values of each live process, by series id.
+    """
+
+    series: list[Series]
+    totals: dict[int, float]
+    per_process: dict[int, dict[str, float]]
+
+    def sum_of(self, sample: str, **match: str) -> float:
+        """Sum of one sample name over every label set matching ``match``."""
+        total = 0.0
+        for sid, value in self.totals.items():
+            s = self.series[sid]
+            if s.sample == sample and all(dict(s.labels).get(k) == v for k, v in match.items()):
+                total += value
+        return total
+
+    def by_label(self, sample: str, label: str) -> dict[str, float]:
+        """Sum of one sample name grouped by the value of ``label``."""
+        grouped: dict[str, float] = defaultdict(float)
+        for sid, value in self.totals.items():
+            s = self.series[sid]
+            if s.sample == sample:
+                grouped[dict(s.labels).get(label, "")] += value
+        return dict(grouped)
+
+    def processes_where(self, sample: str, predicate: Callable[[float], bool]) -> int:
+        """Number of live processes whose gauge ``sample`` satisfies ``predicate``."""
+        owners: set[str] = set()
+        for sid, values in self.per_process.items():
+            if self.series[sid].sample == sample:
+                owners.update(owner for owner, v in values.items() if predicate(v))
+        return len(owners)
+
+    def families(self) -> list[Metric]:
+        """Metric families for prometheus_client's exposition."""
+        return _build_families(self)
+
+
+class MetricStore:
+    """The merged view of one node's multiprocess directory.
+
+    Args:
+        directory: the node's ``PROMETHEUS_MULTIPROC_DIR``.
+        is_alive: whether the process with a given identifier still runs.
+    """
+
+    def __init__(self, directory: str,
+                 is_alive: Callable[[str], bool] = identity.is_alive) -> None:
+        self.directory = directory
+        self._is_alive = is_alive
+        self._lock = threading.Lock()
+        self._series: list[Series] = []
+        self._sid_by_key: dict[tuple[str, str], int] = {}
+        self._files: dict[str, _FileState] = {}
+        self._archive: dict[int, float] = defaultdict(float)
+        self._warned: set[str] = set()
+
+    # -- public -----------------------------------------------------------
+
+    def read(self) -> StoreReading:
+        """Merge every file into one reading, compacting dead processes first."""
+        with self._lock:
+            live, dead = self._scan()
+            for names in dead.values():
+                self._fold(names)
+            totals: dict[int, float] = dict(self._archive)
+            per_process: dict[int, dict[str, float]] = defaultdict(dict)
+            for name in live:
+                state = self._files[name]
+                values = self._values(name, state)
+                if values is None:
+                    continue
+                if state.typ == "gauge":
+                    for sid, value in zip(state.sids, values):
+                        per_process[sid][state.owner] = value
+                else:
+                    for sid, value in zip(state.sids, values):
+                        totals[sid] = totals.get(sid, 0.0) + value
+            for sid, by_owner in per_process.items():
+                totals[sid] = _aggregate_gauge(self._series[sid].mode, by_owner.values())
+            return StoreReading(list(self._series), totals, dict(per_process))
+
+    def compact(self) -> int:
+        """Fold the files of exited processes; returns how many processes were folded."""
+        with self._lock:
+            _live, dead = self._scan()
+            for names in dead.values():
+                self._fold(names)
+            return len(dead)
+
+    def file_count(self) -> int:
+        return sum(1 for e in os.scandir(self.directory) if e.name.endswith(".db"))
+
+    # -- internals --------------------------------------------------------
+
+    def _scan(self) -> tuple[list[str], dict[str, list[str]]]:
+        """Split the directory's ``.db`` files into live ones and dead ones by owner."""
+        alive_cache: dict[str, bool] = {}
+        live: list[str] = []
+        dead: dict[str, list[str]] = defaultdict(list)
+        try:
+            entries = list(os.scandir(self.directory))
+        except OSError as exc:
+            self._warn_once(self.directory, "metrics.dir_unreadable", exc)
+            return live, dead
+        seen: set[str] = set()
+        for entry in entries:
+            name = entry.name
+            if not name.endswith(".db"):
+                continue
+            parsed = _parse_filename(name)
+            if parsed is None:
+                self._warn_once(name, "metrics.file_ignored", "not a prometheus_client file name")
+                continue
+            seen.add(name)
+            typ, mode, owner = parsed
+            if owner not in alive_cache:
+                alive_cache[owner] = self._is_alive(owner)
+            if alive_cache[owner]:
+                if name not in self._files:
+                    self._files[name] = _FileState(typ, mode, owner)
+                live.append(name)
+            else:
+                dead[owner].append(name)
+        for gone in set(self._files) - seen:  # deleted by someone else
+            del self._files[gone]
+        return live, dict(dead)
+
+    def _fold(self, names: list[str]) -> None:
+        """Move a dead process's counters into the archive and delete its files."""
+        for name in names:
+            state = self._files.pop(name, None)
+            parsed = _parse_filename(name)
+            if state is None and parsed is not None:
+                state = _FileState(*parsed)
+            if state is not None and state.typ != "gauge":
+                values = self._values(name, state)
+                for sid, value in zip(state.sids, values or ()):
+                    self._archive[sid] += value
+            try:
+                os.unlink(os.path.join(self.directory, name))
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                self._warn_once(name, "metrics.file_delete_failed", exc)
+
+    def _values(self, name: str, state: _FileState) -> tuple[float, ...] | None:
+        """Every value of a file, in the order of ``state.sids``; None if unreadable."""
+        path = os.path.join(self.directory, name)
+        try:
+            with open(path, "rb") as f:
+                head = f.read(8)
+                if len(head) < 8:
+                    return None  # empty: a process that is just creating it, or junk
+                used = _HEADER.unpack_from(head)[0]
+                if used < 8:
+                    raise ValueError(f"used size {used} is impossible")
+                data = head + f.read(used - 8)
+            if len(data) < used:
+                raise ValueError(f"file is shorter ({len(data)}) than its used size ({used})")
+            if used > state.parsed_upto:
+                self._parse_new_entries(state, data, used)
+            if state.unpack is None:
+                return ()
+            return state.unpack.unpack_from(data)[0::2]
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, struct.error, UnicodeDecodeError) as exc:
+            self._warn_once(name, "metrics.file_corrupt", exc)
+            return None
+
+    def _parse_new_entries(self, state: _FileState, data: bytes, used: int) -> None:
+        pos = state.parsed_upto
+        sids, positions = list(state.sids), list(state.positions)
+        while pos < used:
+            (length,) = _HEADER.unpack_from(data, pos)
+            if length <= 0 or pos + 4 + length > used:
+                raise ValueError(f"entry at {pos} runs past the used size")
+            key = data[pos + 4:pos + 4 + length].decode("utf-8")
+            pos += 4 + length + (8 - (length + 4) % 8)
+            sids.append(self._sid(key, state))
+            positions.append(pos)
+            pos += 16
+        fmt, prev = ["<"], 0
+        for p in positions:
+            fmt.append(f"{p - prev}xdd" if p > prev else "dd")
+            prev = p + 16
+        state.unpack = struct.Struct("".join(fmt))
+        state.sids, state.positions, state.parsed_upto = sids, positions, used
+
+    def _sid(self, key: str, state: _FileState) -> int:
+        """The series id of a file key, parsing its JSON only the first time."""
+        cache_key = (key, state.mode)
+        found = self._sid_by_key.get(cache_key)
+        if found is not None:
+            return found
+        metric, sample, labels, help_text = json.loads(key)
+        series = Series(metric, sample, tuple(sorted((k, str(v)) for k, v in labels.items())),
+                        help_text, state.typ, state.mode)
+        self._series.append(series)
+        sid = len(self._series) - 1
+        self._sid_by_key[cache_key] = sid
+        return sid
+
+    def _warn_once(self, what: str, event: str, reason: object) -> None:
+        if what not in self._warned:
+            self._warned.add(what)
+            logger.warning(event, extra={"path": what, "reason": str(reason)})
+
+
+def _parse_filename(name: str) -> tuple[str, str, str] | None:
+    """``counter_<owner>.db`` / ``gauge_<mode>_<owner>.db`` -> (type, mode, owner)."""
+    parts = name[:-3].split("_")
+    if parts[0] not in _FILE_TYPES:
+        return None
+    if parts[0] == "gauge":
+        return ("gauge", parts[1], parts[2]) if len(parts) == 3 else None
+    return (parts[0], "", parts[1]) if len(parts) == 2 else None
+
+
+def _aggregate_gauge(mode: str, values: Iterable[float]) -> float:
+    values = list(values)
+    if mode in ("livemax", "max"):
+        return max(values)
+    if mode in ("livemin", "min"):
+        return min(values)
+    return sum(values)  # livesum; liveall is exported per process
+
+
+def _build_families(reading: StoreReading) -> list[Metric]:
+    families: dict[str, Metric] = {}
+    buckets: dict[tuple[str, tuple[tuple[str, str], ...]], dict[float, float]] = defaultdict(dict)
+    for sid, value in reading.totals.items():
+        s = reading.series[sid]
+        family = families.get(s.metric)
+        if family is None:
+            family = families[s.metric] = Metric(s.metric, s.help, s.typ)
+        if s.typ == "histogram" and s.sample.endswith("_bucket"):
+            labels = tuple(kv for kv in s.labels if kv[0] != "le")
+            le = float(dict(s.labels)["le"])
+            bucket = buckets[(s.metric, labels)]
+            bucket[le] = bucket.get(le, 0.0) + value
+        elif s.mode == "liveall":
+            for owner, v in reading.per_process.get(sid, {}).items():
+                family.add_sample(s.sample, {**dict(s.labels), "pid": owner}, v)
+        else:
+            family.add_sample(s.sample, dict(s.labels), value)
+    for (metric, labels), by_le in buckets.items():
+        family, cumulative = families[metric], 0.0
+        for le in sorted(by_le):
+            cumulative += by_le[le]
+            family.add_sample(f"{metric}_bucket", {**dict(labels), "le": floatToGoString(le)},
+                              cumulative)
+        family.add_sample(f"{metric}_count", dict(labels), cumulative)
+    return list(families.values())

@@ -1,0 +1,92 @@
+"""Handler registry: ``@handler`` turns a function in ``workers/<namespace>.py``
+into the Celery task ``<namespace>.<name>`` and remembers its namespace.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any, TypeVar, overload
+
+__all__ = ["handler", "registry", "HandlerRegistry", "discover_handler_modules", "HANDLER_PACKAGE"]
+
+#: The package whose modules hold business handlers, one namespace per module.
+HANDLER_PACKAGE = "workers"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class HandlerRegistry:
+    """Every registered handler's task name, grouped by namespace."""
+
+    def __init__(self) -> None:
+        self._by_namespace: dict[str, set[str]] = defaultdict(set)
+
+    def add(self, namespace: str, task_name: str) -> None:
+        self._by_namespace[namespace].add(task_name)
+
+    def namespaces(self) -> dict[str, list[str]]:
+        """Task names per namespace, sorted."""
+        return {ns: sorted(names) for ns, names in sorted(self._by_namespace.items()) if names}
+
+    def counts(self) -> dict[str, int]:
+        """Number of handlers per namespace (the ``handlers`` of the snapshot)."""
+        return {ns: len(names) for ns, names in sorted(self._by_namespace.items()) if names}
+
+    def __len__(self) -> int:
+        return sum(len(names) for names in self._by_namespace.values())
+
+    def __contains__(self, task_name: object) -> bool:
+        return any(task_name in names for names in self._by_namespace.values())
+
+
+registry = HandlerRegistry()
+
+
+def namespace_of(module_name: str) -> str:
+    """``workers.billing`` or ``workers.billing.invoices`` -> ``billing``."""
+    parts = module_name.split(".")
+    if len(parts) < 2 or parts[0] != HANDLER_PACKAGE:
+        raise ValueError(
+            f"handlers live in {HANDLER_PACKAGE}/<namespace>.py; {module_name!r} is not such a module"
+        )
+    return parts[1]
+
+
+@overload
+def handler(fn: F) -> F: ...
+@overload
+def handler(*, name: str | None = None, **task_options: Any) -> Callable[[F], F]: ...
+
+
+def handler(fn: Callable[..., Any] | None = None, *, name: str | None = None,
+            **task_options: Any) -> Any:
+    """Register ``fn`` as the Celery task ``<namespace>.<name>``.
+
+    Args:
+        fn: the handler function (when used as a bare ``@handler``).
+        name: the handler name inside its namespace (default: the function name).
+        **task_options: passed to ``app.task`` (``max_retries``, ``acks_late``...).
+    """
+
+    def register(func: Callable[..., Any]) -> Any:
+        from tasker.celery_app import app
+
+        namespace = namespace_of(func.__module__)
+        task_name = f"{namespace}.{name or func.__name__}"
+        registry.add(namespace, task_name)
+        return app.task(name=task_name, **task_options)(func)
+
+    return register(fn) if fn is not None else register
+
+
+def discover_handler_modules(package: str = HANDLER_PACKAGE) -> list[str]:
+    """Every module (or sub-package) directly inside ``package``, sorted."""
+    pkg = importlib.import_module(package)
+    return sorted(
+        f"{package}.{info.name}"
+        for info in pkgutil.iter_modules(pkg.__path__)
+        if not info.name.startswith("_")
+    )

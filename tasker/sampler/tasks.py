@@ -1,0 +1,163 @@
+"""The beat-scheduled fleet sampler (``tasker.sample_fleet``) and one sample round.
+
+A round samples each source (broker queues, database connections) on its own:
+a source that fails is reported with ``tasker_sample_up{source} 0`` and one
+``sample.failed`` log line, and the others go on. The task never raises.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from celery import shared_task
+from kombu import Connection
+
+from tasker.correlation import PUBLISHED_AT_HEADER
+from tasker.redact import redact_text
+from tasker.sampler import export
+from tasker.settings import Settings, get_settings
+
+__all__ = ["sample_fleet", "run_sample_round", "SampleRound", "fleet_queue_names"]
+
+logger = logging.getLogger("tasker.sampler")
+
+#: Seconds between refreshes of the queues live workers consume (one broadcast).
+ACTIVE_QUEUES_REFRESH = 300.0
+_active_queues: tuple[float, set[str]] = (0.0, set())
+
+
+@dataclass
+class SourceResult:
+    up: bool
+    duration: float
+    values: dict[str, Any] | None = None
+    error: str | None = None
+
+
+@dataclass
+class SampleRound:
+    """The outcome of one round, per source."""
+
+    started_at: float
+    sources: dict[str, SourceResult] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"started_at": self.started_at,
+                "sources": {k: asdict(v) for k, v in self.sources.items()}}
+
+
+def fleet_queue_names(app: Any, refresh_active: bool = True) -> list[str]:
+    """Declared, routed and consumed queues (live workers asked at most every 5 minutes)."""
+    global _active_queues
+    names = set(app.amqp.queues.keys())
+    names.add(app.conf.task_default_queue)
+    routes = app.conf.task_routes or {}
+    if isinstance(routes, dict):
+        for route in routes.values():
+            if isinstance(route, dict) and isinstance(route.get("queue"), str):
+                names.add(route["queue"])
+    consume_from = getattr(app.amqp.queues, "consume_from", None) or {}
+    names.update(consume_from.keys())
+    if refresh_active:
+        fetched_at, cached = _active_queues
+        if time.monotonic() - fetched_at > ACTIVE_QUEUES_REFRESH or not fetched_at:
+            try:
+                replies = app.control.inspect(timeout=1.0).active_queues() or {}
+                cached = {q["name"] for qs in replies.values() for q in qs if q.get("name")}
+            except Exception:  # noqa: BLE001 - discovery is best effort; declared queues remain
+                logger.debug("sample.active_queues_failed", exc_info=True)
+            _active_queues = (time.monotonic(), cached)
+        names.update(_active_queues[1])
+    return sorted(n for n in names if n and not n.endswith(".pidbox") and "celeryev" not in n)
+
+
+def _timed(source: str, fn: Callable[[], dict[str, Any]]) -> SourceResult:
+    started = time.perf_counter()
+    try:
+        values = fn()
+        result = SourceResult(True, time.perf_counter() - started, values)
+        logger.info("sample.completed", extra={"source": source,
+                                               "duration_seconds": round(result.duration, 4)})
+    except Exception as exc:  # noqa: BLE001 - a source that fails is reported, not raised
+        reason = redact_text(str(exc)) or type(exc).__name__
+        result = SourceResult(False, time.perf_counter() - started, None, reason)
+        logger.warning("sample.failed", extra={"source": source, "reason": reason})
+    return result
+
+
+def _sample_broker(app: Any, settings: Settings) -> dict[str, Any]:
+    from tasker.sampler.broker import sample_queues
+
+    queues = fleet_queue_names(app)
+    with Connection(settings.broker_url, connect_timeout=3,
+                    transport_options=dict(app.conf.broker_transport_options or {})) as conn:
+        samples = sample_queues(conn, queues)
+    return {"queues": {name: {"depth": s.depth,
+                              "oldest_message_age_seconds": s.oldest_message_age_seconds,
+                              "unacked": s.unacked, "consumers": s.consumers}
+                       for name, s in samples.items()}}
+
+
+def _sample_database(settings: Settings) -> dict[str, Any]:
+    from tasker.sampler.database import sample_database
+
+    sample = sample_database(settings.database_url)
+    return {"connections_by_state": dict(sample.connections_by_state),
+            "max_connections": sample.max_connections}
+
+
+def run_sample_round(app: Any, settings: Settings | None = None,
+                     directory: str | None = None) -> SampleRound:
+    """Sample every source once; store the results in ``directory`` if given."""
+    settings = settings or get_settings()
+    round_ = SampleRound(started_at=time.time())
+    round_.sources["broker"] = _timed("broker", lambda: _sample_broker(app, settings))
+    round_.sources["database"] = _timed("database", lambda: _sample_database(settings))
+    if directory:
+        for source, result in round_.sources.items():
+            export.record_source(directory, source, up=result.up, duration=result.duration,
+                                 values=result.values)
+    return round_
+
+
+def _count_skip(reason: str) -> None:
+    from tasker.metrics import recording
+
+    recorder = recording.current()
+    if recorder is not None:
+        recorder.child(recorder.metrics.sample_skipped, reason).inc()
+    logger.warning("sample.skipped", extra={"reason": reason})
+
+
+@shared_task(name="tasker.sample_fleet", bind=True, ignore_result=True)
+def sample_fleet(self: Any) -> None:
+    """Beat task: one sample round into this node's scrape, unless it would pile up."""
+    from tasker.metrics import recording
+
+    settings = get_settings()
+    published = getattr(self.request, PUBLISHED_AT_HEADER, None)
+    if published is not None and time.time() - float(published) > settings.sample_interval:
+        _count_skip("stale")
+        return
+    recorder = recording.current()
+    directory = recorder.directory if recorder is not None else None
+    if directory is None:
+        run_sample_round(self.app, settings)
+        return
+    # One round at a time per node: a round that would overlap is skipped.
+    fd = os.open(os.path.join(directory, "sampler.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _count_skip("overlap")
+            return
+        run_sample_round(self.app, settings, directory)
+    finally:
+        os.close(fd)
