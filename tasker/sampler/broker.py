@@ -71,9 +71,13 @@ def sample_queues(
 ) -> dict[str, QueueSample]:
     """Sample ``queues`` on the broker of ``connection``; keys are queue names.
 
-    A queue the broker reports as absent (AMQP) is left out of the result; a
-    Redis queue with no list at any level has depth 0 (Redis cannot tell
+    A queue the broker reports as absent (AMQP ``404``) is left out of the
+    result, as is a Redis queue whose key holds something other than a list;
+    a Redis queue with no list at any level has depth 0 (Redis cannot tell
     "absent" from "empty"). ``now`` (Unix seconds) defaults to ``time.time()``.
+
+    Raises :class:`BrokerSampleError` when the broker cannot be reached or
+    answers with an error, and for a transport other than Redis or AMQP.
     """
     names = [queues] if isinstance(queues, str) else list(dict.fromkeys(queues))
     now = time.time() if now is None else now
@@ -94,8 +98,6 @@ def sample_queues(
         # the next interval anyway, and a sample must end within seconds.
         conn.ensure_connection(max_retries=max(len(conn.alt) - 1, 0))
         return sampler(conn, names, now)
-    except BrokerSampleError:
-        raise
     except (KombuError, OSError, *conn.connection_errors, *conn.channel_errors) as exc:
         # ``from None``: the message carries the redacted cause; the original
         # exception is dropped so a traceback cannot leak what we redacted.
