@@ -226,7 +226,10 @@ def _live_view(metrics_url: str, fleet: Fleet, stop: threading.Event, deadline: 
                console: Any) -> None:
     from rich.live import Live
 
-    from tasker.cli.stats import fetch, render
+    from tasker.cli.stats import fetch, one_line, render
+    from tasker.settings import get_settings
+
+    token = get_settings().metrics_token
 
     def finished() -> bool:
         exited = any(p.poll() is not None for p in fleet.children.values())
@@ -235,21 +238,11 @@ def _live_view(metrics_url: str, fleet: Fleet, stop: threading.Event, deadline: 
     if not console.is_terminal:
         # Not a terminal (CI, a pipe): one plain line every few seconds.
         while not finished():
-            snap = fetch(f"{metrics_url}/metrics.json", None)
-            console.print(_one_line(snap))
+            snap = fetch(f"{metrics_url}/metrics.json", token)
+            print(one_line(metrics_url, snap), flush=True)
             stop.wait(5.0 if deadline is None else min(5.0, max(0.1, deadline - time.monotonic())))
         return
     with Live(console=console, refresh_per_second=2) as live:
         while not finished():
-            live.update(render([(metrics_url, fetch(f"{metrics_url}/metrics.json", None))]))
+            live.update(render([(metrics_url, fetch(f"{metrics_url}/metrics.json", token))]))
             stop.wait(1.0)
-
-
-def _one_line(snap: dict[str, Any]) -> str:
-    if "error" in snap:
-        return f"worker: {snap['error']}"
-    queues = ", ".join(f"{q}={v.get('depth')}" for q, v in (snap.get("queues") or {}).items())
-    return (f"runs={snap.get('total_runs')} ok%={snap.get('success_rate')} "
-            f"rate={snap.get('processing_rate')}/s ema_ms={snap.get('average_latency_ms')} "
-            f"busy={snap.get('active_processors')}/{snap.get('pool_processes')} "
-            f"db_pool={snap.get('db_pool')} queues={queues or '-'}")

@@ -81,6 +81,19 @@ def render(rows: list[tuple[str, dict[str, Any]]]) -> Any:
     return table
 
 
+def one_line(url: str, snap: dict[str, Any]) -> str:
+    """One node as one plain line (for pipes, logs and CI)."""
+    if "error" in snap:
+        return f"{url}: {snap['error']}"
+    queues = ", ".join(f"{q}={v.get('depth')}" for q, v in (snap.get("queues") or {}).items())
+    return (f"{url}: worker={snap.get('worker')} uptime={snap.get('uptime')} "
+            f"runs={snap.get('total_runs')} ok%={_fmt(snap.get('success_rate'))} "
+            f"rate={_fmt(snap.get('processing_rate'))}/s "
+            f"ema_ms={_fmt(snap.get('average_latency_ms'))} "
+            f"busy={snap.get('active_processors')}/{snap.get('pool_processes')} "
+            f"db_pool={snap.get('db_pool')} queues={queues or '-'}")
+
+
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.live import Live
@@ -105,5 +118,10 @@ def run(args: argparse.Namespace) -> int:
             except KeyboardInterrupt:
                 pass
     else:
-        Console().print(render(rows))
+        console = Console()
+        if console.is_terminal:
+            console.print(render(rows))
+        else:
+            for url, snap in rows:
+                print(one_line(url, snap))
     return 0 if any("error" not in snap for _, snap in rows) else 1

@@ -17,7 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.metrics_core import Metric
 
 __all__ = ["MetricsServer", "MetricsServerError", "REQUEST_TIMEOUT", "SERVER_THREADS"]
@@ -150,7 +151,9 @@ class MetricsServer:
                 try:
                     if path == "/metrics":
                         body = generate_latest(server._registry)
-                        self._send(200, CONTENT_TYPE_LATEST, body)
+                        # Classic text format 0.0.4: every Prometheus 2.x parses it, and
+                        # tasker's names need none of 1.0.0's UTF-8 escaping.
+                        self._send(200, CONTENT_TYPE_PLAIN_0_0_4, body)
                     else:
                         body = json.dumps(server._snapshot(), separators=(",", ":")).encode()
                         self._send(200, "application/json", body)
