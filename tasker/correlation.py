@@ -53,15 +53,35 @@ _current: ContextVar[str | None] = ContextVar("tasker_correlation_id", default=N
 _parent: ContextVar[str | None] = ContextVar("tasker_parent_correlation_id", default=None)
 
 
+_last_ms = -1
+_last_counter = 0
+
+
 def uuid7() -> str:
-    """A time-ordered UUID (RFC 9562 version 7) as a string."""
+    """A time-ordered UUID (RFC 9562 version 7) as a string.
+
+    Ids made by one process sort in the order they were made, even within one
+    millisecond: the 42 bits after the timestamp are a counter (RFC 9562 §6.2,
+    method 1) seeded at random each millisecond; the last 32 bits are random
+    on every call, so a forked child counting on from its parent's state (or
+    two threads racing here) still makes distinct ids.
+    """
+    global _last_ms, _last_counter
     ms = time.time_ns() // 1_000_000
     rand = int.from_bytes(os.urandom(10), "big")
+    if ms > _last_ms:
+        counter = rand >> 39  # 41 random bits: the top bit leaves room to count on
+    else:  # same millisecond, or the clock went back: count on from the last id
+        ms, counter = _last_ms, _last_counter + 1
+        if counter >> 42:  # counter exhausted: borrow the next millisecond
+            ms, counter = ms + 1, rand >> 39
+    _last_ms, _last_counter = ms, counter
     value = (ms & 0xFFFF_FFFF_FFFF) << 80
     value |= 0x7 << 76  # version
-    value |= (rand >> 68) << 64 & (0xFFF << 64)  # 12 random bits
+    value |= (counter >> 30) << 64  # 12 counter bits (rand_a)
     value |= 0b10 << 62  # variant
-    value |= rand & 0x3FFF_FFFF_FFFF_FFFF  # 62 random bits
+    value |= (counter & 0x3FFF_FFFF) << 32  # 30 more counter bits
+    value |= rand & 0xFFFF_FFFF  # 32 random bits
     return str(uuid.UUID(int=value))
 
 

@@ -8,7 +8,9 @@ from urllib.parse import urlsplit, urlunsplit
 __all__ = ["redact_url", "redact_text"]
 
 #: Matches the userinfo part of any URL-looking token: ``scheme://user:secret@``.
-_USERINFO_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s]*)@")
+#: The password runs to the token's last ``@`` (passwords often hold a raw ``@``); an ``@``
+#: later in the token only makes it redact more.
+_USERINFO_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>\S*)@")
 #: libpq keyword form: ``password=secret``.
 _KEYWORD_PASSWORD = re.compile(r"(?i)(password\s*=\s*)('[^']*'|\S+)")
 

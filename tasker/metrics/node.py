@@ -110,7 +110,7 @@ class Node:
             self.metrics.process_exits.labels(self.hostname, reason).inc()
             if reason != "recycled":
                 logger.warning("worker.process_exit", extra={
-                    "worker": self.hostname, "reason": reason, "process": owner,
+                    "worker": self.hostname, "reason": reason, "pool_process": owner,
                     "exitcode": exitcode})
             for path in (os.path.join(self.directory, name), exit_path):
                 try:

@@ -76,6 +76,13 @@ class NodeState:
         self._fd = os.open(self.path, os.O_RDWR)
         self._pid = os.getpid()
         size = os.fstat(self._fd).st_size
+        # Check before mapping: a short or foreign file must be a ValueError, not
+        # a TypeError from ``cast`` or an IndexError at the first record.
+        head = os.pread(self._fd, _HEADER_BYTES, 0)
+        magic, window = struct.unpack_from("<2d", head) if len(head) == _HEADER_BYTES else (0, 0)
+        if magic != _MAGIC or size < _HEADER_BYTES + 16 * SlidingWindowRate(window, 0).slots:
+            os.close(self._fd)
+            raise ValueError(f"{self.path} is not a tasker node state file")
         self._map = mmap.mmap(self._fd, size)
         view = memoryview(self._map)
         self._header = view[:_HEADER_BYTES].cast("d")

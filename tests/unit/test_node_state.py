@@ -1,0 +1,151 @@
+"""The node-wide statistics file shared by a worker node's pool processes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tasker.metrics.node_state import FILE_NAME, NodeState
+
+T0 = 1_700_000_000.0
+N = 3000  # tasks per child: enough for the two children to overlap in time
+
+
+@pytest.fixture
+def state_path(tmp_path: Path) -> str:
+    return str(tmp_path / FILE_NAME)
+
+
+def test_fresh_state_reports_nothing_measured(state_path: str) -> None:
+    state = NodeState.create(state_path, window=10, alpha=0.5, started=T0)
+    try:
+        reading = state.read(T0 + 5)
+        assert reading.runs == 0
+        assert reading.processing_rate == 0.0
+        assert reading.latency_ema_seconds is None
+        assert reading.average_seconds is None
+        assert reading.min_seconds is None
+        assert reading.max_seconds is None
+        assert reading.last_run_time is None
+    finally:
+        state.close()
+
+
+def test_recorded_runtimes_read_back(state_path: str) -> None:
+    state = NodeState.create(state_path, window=10, alpha=0.5, started=T0)
+    try:
+        state.record_finished(0.1, now=T0 + 1.2)
+        state.record_finished(0.3, now=T0 + 1.5)
+        state.record_finished(0.2, now=T0 + 2.1)
+        reading = state.read(T0 + 3.0)
+        assert reading.runs == 3
+        assert reading.average_seconds == pytest.approx(0.2)
+        assert reading.min_seconds == pytest.approx(0.1)
+        assert reading.max_seconds == pytest.approx(0.3)
+        # alpha 0.5: 0.1 -> 0.2 -> 0.2
+        assert reading.latency_ema_seconds == pytest.approx(0.2)
+        assert reading.last_run_time == T0 + 2.1
+        assert reading.processing_rate == pytest.approx(3 / 3.0)  # 3 s since the start
+        # The rate is a rate: it is 0 once a whole window has passed without tasks.
+        assert state.read(T0 + 13.0).processing_rate == 0.0
+        assert state.read(T0 + 13.0).runs == 3
+    finally:
+        state.close()
+
+
+def test_a_second_handle_sees_the_same_numbers(state_path: str) -> None:
+    writer = NodeState.create(state_path, window=10, alpha=1.0, started=T0)
+    reader = NodeState(state_path)
+    try:
+        writer.record_finished(0.5, now=T0 + 2.0)
+        writer.record_finished(0.7, now=T0 + 2.5)
+        reading = reader.read(T0 + 4.0)
+        assert reading.runs == 2
+        assert reading.latency_ema_seconds == pytest.approx(0.7)  # alpha 1: the last value
+        assert reading.processing_rate == pytest.approx(2 / 4.0)
+    finally:
+        writer.close()
+        reader.close()
+
+
+def test_create_replaces_an_existing_file(state_path: str) -> None:
+    old = NodeState.create(state_path, window=10, alpha=0.5, started=T0)
+    old.record_finished(1.0, now=T0 + 1)
+    old.close()
+    new = NodeState.create(state_path, window=10, alpha=0.5, started=T0 + 100)
+    try:
+        assert new.read(T0 + 101).runs == 0
+    finally:
+        new.close()
+
+
+def _child(state: NodeState, runtimes: list[float], first_now: float) -> None:
+    """Record ``runtimes`` and leave the process without running pytest's teardown."""
+    code = 1
+    try:
+        for i, runtime in enumerate(runtimes):
+            state.record_finished(runtime, now=first_now + i * 1e-5)
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def test_forked_processes_record_into_one_file(state_path: str) -> None:
+    state = NodeState.create(state_path, window=10, alpha=0.1, started=T0)
+    try:
+        state.record_finished(0.05, now=T0 + 1.0)
+        state.record_finished(0.15, now=T0 + 2.0)
+        before = state.read(T0 + 3.0)
+        assert before.runs == 2
+
+        runtimes_a = [0.01] * (N - 1) + [0.001]  # holds the minimum
+        runtimes_b = [0.02] * (N - 1) + [9.0]  # holds the maximum
+        pids = []
+        for runtimes in (runtimes_a, runtimes_b):
+            pid = os.fork()
+            if pid == 0:  # child: the inherited handle must reopen its own descriptor
+                _child(state, runtimes, first_now=T0 + 5.0)
+            pids.append(pid)
+        for pid in pids:
+            _, status = os.waitpid(pid, 0)
+            assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+        reading = state.read(T0 + 6.0)
+        # Every task of both children counted: no update lost under the lock.
+        assert reading.runs == 2 * N + 2
+        total = 0.05 + 0.15 + sum(runtimes_a) + sum(runtimes_b)
+        assert reading.average_seconds == pytest.approx(total / (2 * N + 2))
+        assert reading.min_seconds == pytest.approx(0.001)
+        assert reading.max_seconds == pytest.approx(9.0)
+        assert reading.last_run_time is not None and reading.last_run_time >= T0 + 5.0
+        # 2N + 2 tasks in the 6 s since the node started (less than a window).
+        assert reading.processing_rate == pytest.approx((2 * N + 2) / 6.0)
+
+        # The parent's own handle still works after its children closed theirs.
+        state.record_finished(0.01, now=T0 + 6.5)
+        after = state.read(T0 + 7.0)
+        assert after.runs == 2 * N + 3
+        assert after.last_run_time == T0 + 6.5
+    finally:
+        state.close()
+
+
+@pytest.mark.parametrize("content", [
+    b"hello world\n",  # not even a multiple of 8 bytes
+    bytes(4096),  # right size, wrong magic
+    b"",
+], ids=["text", "zeros", "empty"])
+def test_a_file_that_is_not_a_node_state_file_is_rejected(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "other.bin"
+    path.write_bytes(content)
+    with pytest.raises(ValueError):
+        NodeState(str(path))
+
+
+def test_a_truncated_node_state_file_is_rejected(state_path: str) -> None:
+    NodeState.create(state_path, window=60, alpha=0.1, started=T0).close()
+    os.truncate(state_path, 200)  # the header survives, the buckets do not
+    with pytest.raises(ValueError, match="not a tasker node state file"):
+        NodeState(state_path)
