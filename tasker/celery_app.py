@@ -10,7 +10,7 @@ finds them in every process that imports ``tasker``.
 from celery import Celery
 from celery.signals import setup_logging
 
-app = Celery("tasker")
+app = Celery("tasker", task_cls="tasker.task:TaskerTask")
 app.config_from_object("tasker.celeryconfig")
 
 # Imported for their side effect of connecting Celery signal receivers.

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -143,22 +142,18 @@ class Recorder:
 
     # Either process --------------------------------------------------------
 
-    def on_failure(self, task: Any, task_id: str, exception: BaseException | None) -> None:
-        in_main = os.getpid() == _main_pid and task_id not in self._started
-        request = _active_request(task_id) if in_main else None
-        if request is not None:
-            task_name = self.task_label(request.name)
-            queue = self.queue_label(request.delivery_info)
-        else:
-            task_name, queue = self.labels_of(task)
+    def on_failure(self, task: Any, exception: BaseException | None) -> None:
+        # The pool process for ordinary exceptions; the MainProcess (with the
+        # request pushed on task.request) for lost processes and time limits.
+        task_name, queue = self.labels_of(task)
         self.child(self.metrics.failed, task_name, queue, self.exception_label(exception)).inc()
-        time_start = getattr(request, "time_start", None)
-        if time_start is not None:
-            # Failed in the MainProcess (hard time limit, lost process): the
-            # pool process never reached task_postrun, so its runtime ends here.
-            runtime = max(0.0, time.time() - time_start)
-            self.child(self.metrics.runtime, task_name, queue).observe(runtime)
-            self.node_state.record_finished(runtime, time.time())
+
+    def on_unfinished(self, task_name: str | None, delivery_info: Mapping[str, Any] | None,
+                      runtime: float) -> None:
+        """MainProcess: an execution whose pool process never reached task_postrun."""
+        labels = self.task_label(task_name), self.queue_label(delivery_info)
+        self.child(self.metrics.runtime, *labels).observe(max(0.0, runtime))
+        self.node_state.record_finished(max(0.0, runtime), time.time())
 
     # MainProcess side ------------------------------------------------------
 
@@ -176,13 +171,12 @@ class Recorder:
 
 
 _recorder: Recorder | None = None
-_main_pid: int | None = None
 
 
 def activate(recorder: Recorder) -> None:
     """Start recording in this process and, through fork, in its pool processes."""
-    global _recorder, _main_pid
-    _recorder, _main_pid = recorder, os.getpid()
+    global _recorder
+    _recorder = recorder
 
 
 def deactivate() -> None:
@@ -192,13 +186,6 @@ def deactivate() -> None:
 
 def current() -> Recorder | None:
     return _recorder
-
-
-def _active_request(task_id: str) -> Any:
-    """The MainProcess's request object for ``task_id`` while it is still active."""
-    from celery.worker import state
-
-    return next((r for r in list(state.active_requests) if r.id == task_id), None)
 
 
 def _published_at(request: Any) -> float | None:
@@ -286,9 +273,9 @@ def _on_success(recorder: Recorder, sender: Any = None, **_: Any) -> None:
 
 @task_failure.connect(weak=False)
 @_guarded("failure")
-def _on_failure(recorder: Recorder, sender: Any = None, task_id: str = "",
+def _on_failure(recorder: Recorder, sender: Any = None,
                 exception: BaseException | None = None, **_: Any) -> None:
-    recorder.on_failure(sender, task_id, exception)
+    recorder.on_failure(sender, exception)
 
 
 @task_retry.connect(weak=False)
