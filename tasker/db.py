@@ -97,7 +97,7 @@ def close_pool() -> None:
         pool, owner = _pool, _pool_pid
         _pool, _pool_pid = None, None
     if pool is not None and owner == os.getpid():
-        pool.close(timeout=2.0)
+        pool.close(timeout=0.5)
 
 
 @contextmanager

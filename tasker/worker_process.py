@@ -1,24 +1,19 @@
-"""What every worker pool process does when it starts and when it exits."""
+"""What every worker pool process does when it exits.
+
+Its database pool is opened on first use (:func:`tasker.db.connection`), after
+the fork, so a process that never touches the database never connects, and
+recycling a process (``--max-tasks-per-child``) stays cheap.
+"""
 
 from __future__ import annotations
 
 import logging
 
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import worker_process_shutdown
 
 from tasker import db
 
 logger = logging.getLogger("tasker.worker")
-
-
-@worker_process_init.connect
-def _open_process_resources(**_kwargs: object) -> None:
-    # Non-blocking: worker_process_init must return within about 4 seconds,
-    # and a database that is down must not stop the process from starting.
-    try:
-        db.open_pool(wait=False)
-    except Exception:  # noqa: BLE001 - a handler needing the DB will report it
-        logger.exception("db.pool_open_failed")
 
 
 @worker_process_shutdown.connect

@@ -229,6 +229,8 @@ class MetricStore:
                 if len(head) < 8:
                     return None  # empty: a process that is just creating it, or junk
                 used = _HEADER.unpack_from(head)[0]
+                if used == 0:
+                    return None  # a process creating it right now: header not written yet
                 if used < 8:
                     raise ValueError(f"used size {used} is impossible")
                 data = head + f.read(used - 8)

@@ -115,8 +115,11 @@ def _busy_child(node) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_recycling_every_task_keeps_files_bounded_and_totals_exact(start_node, app):
-    node = start_node(extra_args=["--max-tasks-per-child=1"])
+    # Celery replaces a recycled process about 5 times a second whatever the
+    # pool size (bare Celery measured the same), so this test takes minutes.
+    node = start_node(concurrency=4, extra_args=["--max-tasks-per-child=1"])
     directory = node.directory()
 
     def scrape_seconds() -> float:
@@ -130,7 +133,7 @@ def test_recycling_every_task_keeps_files_bounded_and_totals_exact(start_node, a
     wait_for(lambda: node.snapshot()["total_runs"] == 20, timeout=60, message="20 runs")
     start_scrape = min(scrape_seconds() for _ in range(5))
 
-    n = 2000
+    n = int(os.environ.get("TASKER_TEST_RECYCLED_TASKS", "2000"))
     with app.producer_or_acquire() as producer:
         for _ in range(n - 20):
             app.send_task("diagnostics.noop", queue=node.queue, producer=producer)
@@ -140,18 +143,18 @@ def test_recycling_every_task_keeps_files_bounded_and_totals_exact(start_node, a
         nonlocal max_files
         max_files = max(max_files, len(list(directory.glob("*.db"))))
         return node.snapshot()["total_runs"] == n
-    wait_for(finished, timeout=400, interval=0.5, message=f"{n} runs with recycling")
+    wait_for(finished, timeout=840, interval=0.5, message=f"{n} runs with recycling")
     time.sleep(2)  # one housekeeping sweep after the last exit
     s = node.scrape()
     assert total(s, "tasker_tasks_succeeded_total") == n
     assert total(s, "tasker_tasks_started_total") == n
     assert total(s, "tasker_task_runtime_seconds_count") == n
     assert total(s, "tasker_worker_process_exits_total", reason="recycled") >= n - 2
-    # Bound: (main + 2 pool processes) x (counter, histogram, gauge) files,
+    # Bound: (main + 4 pool processes) x (counter, histogram, gauge) files,
     # plus the files of processes that exited since the last 1-second sweep.
     files_now = len(list(directory.glob("*.db")))
-    assert files_now <= 3 * 3, sorted(p.name for p in directory.glob("*.db"))
-    assert max_files <= 3 * 3 + 3 * 40, max_files
+    assert files_now <= 5 * 3, sorted(p.name for p in directory.glob("*.db"))
+    assert max_files <= 5 * 3 + 3 * 20, max_files
     end_scrape = min(scrape_seconds() for _ in range(5))
     assert end_scrape <= 2 * start_scrape + 0.005, (start_scrape, end_scrape)
 
