@@ -21,7 +21,8 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from tasker.redact import redact_text
 from tasker.settings import Settings, get_settings
 
-__all__ = ["connection", "open_pool", "close_pool", "current_pool", "DatabaseError", "PoolObserver"]
+__all__ = ["connection", "open_pool", "close_pool", "current_pool", "DatabaseError", "PoolObserver",
+           "set_observer", "current_observer"]
 
 #: Seconds a caller waits for a pooled connection before ``PoolTimeout``.
 POOL_TIMEOUT = 30.0
@@ -58,6 +59,10 @@ _observer: PoolObserver = PoolObserver()
 def set_observer(observer: PoolObserver) -> None:
     global _observer
     _observer = observer
+
+
+def current_observer() -> PoolObserver:
+    return _observer
 
 
 def open_pool(settings: Settings | None = None, *, wait: bool = False) -> ConnectionPool:

@@ -47,6 +47,7 @@ class Settings:
     rate_window: float = 60.0
     ema_alpha: float = 0.1
     sample_interval: float = 15.0
+    sample_queues: tuple[str, ...] = ()
     metrics_interval: float = 60.0
     log_format: str = "json"
     log_level: str = "INFO"
@@ -88,6 +89,13 @@ def _bool(raw: str) -> bool:
     if lowered in {"0", "false", "no", "off"}:
         return False
     raise ValueError(raw)
+
+
+def _queue_list(raw: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in raw.split(",") if n.strip())
+    if any(" " in n for n in names):
+        raise ValueError(raw)
+    return names
 
 
 def _url(schemes: frozenset[str]) -> Callable[[str], str]:
@@ -135,6 +143,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                          "a number with 0 < alpha <= 1", lambda v: 0 < v <= 1),
         sample_interval=_parse(env, "TASKER_SAMPLE_INTERVAL", 15.0, float,
                                "seconds, a number >= 1", lambda v: v >= 1),
+        sample_queues=_parse(env, "TASKER_SAMPLE_QUEUES", (), _queue_list,
+                             "comma-separated queue names"),
         metrics_interval=_parse(env, "TASKER_METRICS_INTERVAL", 60.0, float,
                                 "seconds, a number >= 0 (0 = off)", lambda v: v >= 0),
         log_format=_parse(env, "TASKER_LOG_FORMAT", "json", str.lower,

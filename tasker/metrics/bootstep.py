@@ -21,7 +21,9 @@ from typing import Any
 from celery import bootsteps
 from celery.signals import worker_process_init, worker_process_shutdown
 
+from tasker import db
 from tasker.metrics import identity, recording
+from tasker.metrics.db_pool import PoolMetrics
 from tasker.metrics.directory import NodeDirectory, prepare_directory
 from tasker.metrics.node import EXIT_MARKER, PROC_MARKER, Node, WorkerView
 from tasker.metrics.node_state import FILE_NAME as NODE_STATE_FILE
@@ -140,9 +142,12 @@ class TaskerMetricsStep(bootsteps.StartStopStep):
         _node = Node(hostname, self.directory.path, metrics, state, registry,
                      WorkerView(), _version(), started=started,
                      fleet=_fleet_view(self.settings, self.directory.path))
-        recording.activate(recording.Recorder(
+        recorder = recording.Recorder(
             metrics, state, hostname, known_tasks=lambda: app.tasks,
-            queue_names=_queue_resolver(app), directory=self.directory.path))
+            queue_names=_queue_resolver(app), directory=self.directory.path)
+        recording.activate(recorder)
+        # Pool processes inherit the observer through fork (see db.py).
+        db.set_observer(PoolMetrics(recorder, self.settings.db_pool_max))
         self.node = _node
 
     def start(self, worker: Any) -> None:
@@ -241,6 +246,9 @@ def _pool_process_started(**_: Any) -> None:
                   "w"):
             pass
         recorder.child(recorder.metrics.tasks_active, recorder.worker).set(0)
+        observer = db.current_observer()
+        if isinstance(observer, PoolMetrics):
+            observer.process_started()
     except Exception:  # noqa: BLE001 - metrics must never stop a process from starting
         logger.exception("metrics.process_init_failed")
 

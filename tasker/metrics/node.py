@@ -143,6 +143,7 @@ class Node:
             "scheduled": self.worker.scheduled(),
             "memory_bytes": self._memory_bytes(pids),
             "deployment_mode_score": deployment_mode_score(reading),
+            "db_pool": db_pool_summary(reading),
         }
         return reading, values
 
@@ -207,6 +208,9 @@ class Node:
             gauge("tasker_worker_deployment_mode_score",
                   "Executions delivered by the event path / (event + polling recovery).",
                   v["deployment_mode_score"]),
+            gauge("tasker_db_pool_utilization",
+                  "(size - available) / max of the node's database pools, 0..1.",
+                  (v["db_pool"] or {}).get("utilization")),
         ]
 
     def snapshot(self) -> dict[str, Any]:
@@ -248,7 +252,7 @@ class Node:
             "pool_utilization": _round(v["pool_utilization"], 4),
             "deployment_mode_score": _round(v["deployment_mode_score"], 4),
             "memory_bytes": v["memory_bytes"],
-            "db_pool": db_pool_summary(reading),
+            "db_pool": v["db_pool"],
             "queues": self.fleet.queues_summary() if self.fleet is not None else {},
         }
 

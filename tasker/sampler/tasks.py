@@ -52,10 +52,10 @@ class SampleRound:
                 "sources": {k: asdict(v) for k, v in self.sources.items()}}
 
 
-def fleet_queue_names(app: Any, refresh_active: bool = True) -> list[str]:
-    """Declared, routed and consumed queues (live workers asked at most every 5 minutes)."""
-    global _active_queues
-    names = set(app.amqp.queues.keys())
+def fleet_queue_names(app: Any, settings: Settings) -> list[str]:
+    """Declared, routed, configured and consumed queues, plus those live workers
+    reported at the last discovery (see :func:`discover_consumed_queues`)."""
+    names = set(app.amqp.queues.keys()) | set(settings.sample_queues)
     names.add(app.conf.task_default_queue)
     routes = app.conf.task_routes or {}
     if isinstance(routes, dict):
@@ -64,17 +64,27 @@ def fleet_queue_names(app: Any, refresh_active: bool = True) -> list[str]:
                 names.add(route["queue"])
     consume_from = getattr(app.amqp.queues, "consume_from", None) or {}
     names.update(consume_from.keys())
-    if refresh_active:
-        fetched_at, cached = _active_queues
-        if time.monotonic() - fetched_at > ACTIVE_QUEUES_REFRESH or not fetched_at:
-            try:
-                replies = app.control.inspect(timeout=1.0).active_queues() or {}
-                cached = {q["name"] for qs in replies.values() for q in qs if q.get("name")}
-            except Exception:  # noqa: BLE001 - discovery is best effort; declared queues remain
-                logger.debug("sample.active_queues_failed", exc_info=True)
-            _active_queues = (time.monotonic(), cached)
-        names.update(_active_queues[1])
+    names.update(_active_queues[1])
     return sorted(n for n in names if n and not n.endswith(".pidbox") and "celeryev" not in n)
+
+
+def discover_consumed_queues(app: Any) -> set[str]:
+    """Ask live workers which queues they consume, at most every 5 minutes.
+
+    One broadcast with a one-second deadline; called only after the broker
+    answered a sample, so an unreachable broker never makes a round hang.
+    """
+    global _active_queues
+    fetched_at, cached = _active_queues
+    if fetched_at and time.monotonic() - fetched_at < ACTIVE_QUEUES_REFRESH:
+        return cached
+    try:
+        replies = app.control.inspect(timeout=1.0).active_queues() or {}
+        cached = {q["name"] for qs in replies.values() for q in qs if q.get("name")}
+    except Exception:  # noqa: BLE001 - discovery is best effort; declared queues remain
+        logger.debug("sample.active_queues_failed", exc_info=True)
+    _active_queues = (time.monotonic(), cached)
+    return cached
 
 
 def _timed(source: str, fn: Callable[[], dict[str, Any]]) -> SourceResult:
@@ -94,10 +104,14 @@ def _timed(source: str, fn: Callable[[], dict[str, Any]]) -> SourceResult:
 def _sample_broker(app: Any, settings: Settings) -> dict[str, Any]:
     from tasker.sampler.broker import sample_queues
 
-    queues = fleet_queue_names(app)
-    with Connection(settings.broker_url, connect_timeout=3,
-                    transport_options=dict(app.conf.broker_transport_options or {})) as conn:
+    queues = fleet_queue_names(app, settings)
+    options = dict(app.conf.broker_transport_options or {})
+    with Connection(settings.broker_url, connect_timeout=3, transport_options=options) as conn:
         samples = sample_queues(conn, queues)
+    discovered = discover_consumed_queues(app) - set(queues)
+    if discovered:
+        with Connection(settings.broker_url, connect_timeout=3, transport_options=options) as conn:
+            samples.update(sample_queues(conn, sorted(discovered)))
     return {"queues": {name: {"depth": s.depth,
                               "oldest_message_age_seconds": s.oldest_message_age_seconds,
                               "unacked": s.unacked, "consumers": s.consumers}
