@@ -50,7 +50,8 @@ def namespace_of(module_name: str) -> str:
     parts = module_name.split(".")
     if len(parts) < 2 or parts[0] != HANDLER_PACKAGE:
         raise ValueError(
-            f"handlers live in {HANDLER_PACKAGE}/<namespace>.py; {module_name!r} is not such a module"
+            f"handlers live in {HANDLER_PACKAGE}/<namespace>.py; "
+            f"{module_name!r} is not such a module"
         )
     return parts[1]
 

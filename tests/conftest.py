@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
 from support import SESSION, WorkerNode, free_port
 
 #: Redis db number the tests own (keys are also prefixed with SESSION).

@@ -56,5 +56,6 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.monotonic() - started
     n = sum(counts.values())
     detail = ", ".join(f"{label}={c}" for label, c in sorted(counts.items()))
-    print(f"published {n} tasks in {elapsed:.2f}s ({n / elapsed if elapsed else 0:.1f}/s): {detail}")
+    rate = n / elapsed if elapsed else 0.0
+    print(f"published {n} tasks in {elapsed:.2f}s ({rate:.1f}/s): {detail}")
     return 0

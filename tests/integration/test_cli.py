@@ -10,7 +10,6 @@ import uuid
 import psutil
 import psycopg
 import pytest
-
 from support import REPO, SESSION
 
 ADMIN = "postgresql://127.0.0.1:5432/postgres"

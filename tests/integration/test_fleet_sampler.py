@@ -10,7 +10,6 @@ import time
 import uuid
 
 import pytest
-
 from support import REPO, SESSION, total, wait_for
 
 

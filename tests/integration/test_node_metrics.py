@@ -7,7 +7,6 @@ import signal
 import time
 
 import pytest
-
 from support import http_get, total, wait_for
 
 

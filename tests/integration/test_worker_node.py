@@ -8,7 +8,6 @@ import sys
 import time
 
 import psycopg
-
 from support import REPO, http_get, parse_metrics, total, wait_for
 
 
