@@ -16,9 +16,10 @@ app.config_from_object("tasker.celeryconfig")
 # Imported for their side effect of connecting Celery signal receivers.
 from tasker import correlation, worker_process  # noqa: E402,F401
 from tasker.metrics import recording  # noqa: E402,F401
-from tasker.metrics.bootstep import TaskerMetricsStep  # noqa: E402
+from tasker.metrics.bootstep import DecodeErrorCounter, TaskerMetricsStep  # noqa: E402
 
 app.steps["worker"].add(TaskerMetricsStep)
+app.steps["consumer"].add(DecodeErrorCounter)
 
 __all__ = ["app"]
 

@@ -31,7 +31,7 @@ from tasker.metrics.node_state import NodeState
 from tasker.metrics.server import MetricsServer, MetricsServerError
 from tasker.settings import Settings, get_settings
 
-__all__ = ["TaskerMetricsStep", "current_node", "HOUSEKEEPING_INTERVAL"]
+__all__ = ["TaskerMetricsStep", "DecodeErrorCounter", "current_node", "HOUSEKEEPING_INTERVAL"]
 
 logger = logging.getLogger("tasker.metrics")
 
@@ -215,6 +215,34 @@ class TaskerMetricsStep(bootsteps.StartStopStep):
         recording.deactivate()
         _node = None
         self.directory.release()
+
+
+class DecodeErrorCounter(bootsteps.Step):
+    """Consumer step: counts messages whose body cannot be decoded.
+
+    Celery has no signal for them: its consumer logs, acknowledges and drops
+    the message in ``on_decode_error``. This step wraps that method before the
+    task consumer is created (which binds it), so the message is still handled
+    exactly as Celery does, and ``tasker_tasks_rejected_total{reason="decode_error"}``
+    counts it.
+    """
+
+    label = "tasker decode errors"
+
+    def __init__(self, c: Any, **kwargs: Any) -> None:
+        super().__init__(c, **kwargs)
+        original = c.on_decode_error
+
+        def on_decode_error(message: Any, exc: BaseException) -> Any:
+            recorder = recording.current()
+            if recorder is not None:
+                try:
+                    recorder.on_rejected("decode_error")
+                except Exception:  # noqa: BLE001 - never in the way of Celery's handling
+                    pass
+            return original(message, exc)
+
+        c.on_decode_error = on_decode_error
 
 
 def _version() -> str:

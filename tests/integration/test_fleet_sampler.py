@@ -164,3 +164,13 @@ def test_stopping_beat_ages_out_fleet_series(start_node, app, tmp_path):
     stamp = total(s, "tasker_sample_timestamp_seconds", source="broker")
     assert 0 < stamp < time.time() - 3 * interval + 0.5
     assert any(n == "tasker_worker_info" for n, _ in s)  # worker metrics stay
+
+
+def test_stale_sample_round_is_skipped_and_counted(start_node, app, queue_name):
+    # A sample task that waited longer than one interval is worthless: skipped.
+    app.send_task("tasker.sample_fleet", queue=queue_name)
+    time.sleep(2.2)
+    node = start_node(queue=queue_name, env={"TASKER_SAMPLE_INTERVAL": "1"})
+    wait_for(lambda: total(node.scrape(), "tasker_sample_skipped_total", reason="stale") == 1,
+             timeout=30, message="stale round counted")
+    assert total(node.scrape(), "tasker_sample_up") == 0  # nothing was sampled

@@ -175,3 +175,25 @@ def test_exposition_stays_valid_while_scraped_under_load(start_node, app):
         assert now >= seen  # counters never go backwards
         seen = now
     assert seen == 200
+
+
+def test_malformed_and_unknown_messages_are_counted_and_the_node_goes_on(start_node, app):
+    from kombu import Connection, Exchange, Producer
+
+    node = start_node()
+    with Connection(app.conf.broker_url) as conn:
+        producer = Producer(conn.channel())
+        exchange = Exchange(node.queue, type="direct")
+        # Undecodable body: claims JSON, is not.
+        producer.publish(b"{not json", exchange=exchange, routing_key=node.queue,
+                         content_type="application/json", content_encoding="utf-8",
+                         serializer=None, headers={"task": "diagnostics.noop", "id": "x1"})
+    app.send_task("no.such.task", queue=node.queue)
+    app.send_task("diagnostics.noop", queue=node.queue)
+
+    def counted():
+        s = node.scrape()
+        return (total(s, "tasker_tasks_rejected_total", reason="decode_error") == 1 and
+                total(s, "tasker_tasks_rejected_total", reason="unknown_task") == 1 and
+                total(s, "tasker_tasks_succeeded_total") == 1)
+    wait_for(counted, timeout=30, message="decode error, unknown task and one success")
