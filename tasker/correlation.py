@@ -46,6 +46,7 @@ PUBLISHED_AT_HEADER = "tasker_published_at"
 DELIVERY_HEADER = "tasker_delivery"
 
 logger = logging.getLogger("tasker.correlation")
+_task_logger = logging.getLogger("tasker.task")
 
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -143,22 +144,29 @@ _logged_missing = False
 
 @task_received.connect(weak=False)
 def _ensure_correlation_on_receipt(request: Any = None, **_: Any) -> None:
-    """MainProcess: a message from a non-tasker client gets an id at receipt."""
+    """MainProcess: log ``task.received`` with the message's correlation id.
+
+    A message from a non-tasker client (no or an invalid header) gets an id
+    here, which the pool process then sees; the first such message is logged.
+    """
     global _logged_missing
     try:
         headers = request._request_dict  # what the pool process will see as task.request
-        if is_valid_correlation_id(headers.get(CORRELATION_HEADER)):
-            return
-        invalid = headers.get(CORRELATION_HEADER)
-        headers[CORRELATION_HEADER] = uuid7()
-        if not _logged_missing:
-            _logged_missing = True
-            logger.warning(
-                "correlation.assigned_at_receipt",
-                extra={"task": request.name, "task_id": request.id,
-                       "reason": "invalid header" if invalid is not None else "no header",
-                       "correlation_id": headers[CORRELATION_HEADER]},
-            )
+        given = headers.get(CORRELATION_HEADER)
+        if not is_valid_correlation_id(given):
+            headers[CORRELATION_HEADER] = uuid7()
+            if not _logged_missing:
+                _logged_missing = True
+                logger.warning("correlation.assigned_at_receipt", extra={
+                    "task": request.name, "task_id": request.id,
+                    "reason": "invalid header" if given is not None else "no header",
+                    "correlation_id": headers[CORRELATION_HEADER]})
+        if _task_logger.isEnabledFor(logging.INFO):
+            fields = {"task": request.name, "task_id": request.id,
+                      "correlation_id": headers[CORRELATION_HEADER]}
+            if is_valid_correlation_id(headers.get(PARENT_HEADER)):
+                fields["parent_correlation_id"] = headers[PARENT_HEADER]
+            _task_logger.info("task.received", extra=fields)
     except Exception:  # noqa: BLE001 - never fail a message over its correlation id
         logger.debug("correlation.assign_failed", exc_info=True)
 
@@ -175,6 +183,8 @@ def _enter_task_context(task_id: str = "", task: Any = None, **_: Any) -> None:
     parent = getattr(request, PARENT_HEADER, None)
     _tokens[task_id] = (_current.set(cid), _parent.set(parent if is_valid_correlation_id(parent)
                                                        else None))
+    if _task_logger.isEnabledFor(logging.DEBUG):  # hot path: detail only when asked for
+        _task_logger.debug("task.started")
 
 
 @task_postrun.connect(weak=False)

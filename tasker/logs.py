@@ -17,22 +17,26 @@ from typing import Any
 
 from tasker.redact import redact_text
 
-__all__ = ["configure_logging", "JsonFormatter", "TextFormatter", "task_context"]
+__all__ = ["configure_logging", "JsonFormatter", "TextFormatter", "CeleryEventNames",
+           "task_context"]
 
 #: Attributes every LogRecord has; anything else was passed with ``extra=``.
-_RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+_RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"asctime"}
 
 
 def task_context() -> dict[str, Any]:
     """Fields describing the task running in this context (empty outside a task)."""
     from celery import current_task
 
-    from tasker.correlation import current_correlation_id
+    from tasker.correlation import current_correlation_id, current_parent_correlation_id
 
     fields: dict[str, Any] = {}
     cid = current_correlation_id()
     if cid:
         fields["correlation_id"] = cid
+        parent = current_parent_correlation_id()
+        if parent:
+            fields["parent_correlation_id"] = parent
     task = current_task
     if task is not None and not getattr(task.request, "called_directly", True):
         fields["task_id"] = task.request.id
@@ -42,8 +46,58 @@ def task_context() -> dict[str, Any]:
     return fields
 
 
+#: Celery's own fields worth keeping, renamed to tasker's; the rest of
+#: Celery's ``data`` (args, kwargs, return value, traceback text) is dropped:
+#: it may hold user data, and the traceback is in ``exception`` already.
+_CELERY_FIELDS = {"id": "task_id", "name": "task", "runtime": "runtime_seconds",
+                  "exc": "error", "hostname": "worker", "description": "outcome"}
+
+
+class CeleryEventNames(logging.Filter):
+    """Give Celery's task and worker lifecycle lines tasker's dotted event names.
+
+    No extra log lines: Celery's own records are renamed (``task.received``,
+    ``task.succeeded``, ``task.failed``, ``task.retried``, ``worker.ready``...)
+    and retries are raised to WARNING.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        from celery.app import trace
+
+        self._events = {
+            trace.LOG_SUCCESS: ("task.succeeded", None),
+            trace.LOG_FAILURE: ("task.failed", None),
+            trace.LOG_INTERNAL_ERROR: ("task.internal_error", None),
+            trace.LOG_IGNORED: ("task.ignored", None),
+            trace.LOG_REJECTED: ("task.rejected", logging.WARNING),
+            trace.LOG_RETRY: ("task.retried", logging.WARNING),
+        }
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        mapped = self._events.get(record.msg) if isinstance(record.msg, str) else None
+        if mapped is not None:
+            event, level = mapped
+            record.message = record.getMessage()
+            data = getattr(record, "data", None) or {}
+            for key, name in _CELERY_FIELDS.items():
+                if key in data:
+                    setattr(record, name, data[key])
+            record.msg, record.args = event, ()
+            if level is not None and level > record.levelno:
+                record.levelno, record.levelname = level, logging.getLevelName(level)
+        elif record.name == "celery.apps.worker" and record.msg == "%s ready.":
+            record.worker = record.args[0] if record.args else None
+            record.msg, record.args = "worker.ready", ()
+        if hasattr(record, "data"):
+            del record.data
+        return True
+
+
 def _record_fields(record: logging.LogRecord) -> dict[str, Any]:
     fields = {k: v for k, v in vars(record).items() if k not in _RESERVED}
+    if fields.get("message") == record.getMessage():
+        del fields["message"]  # set by logging itself, not a renamed Celery line
     try:
         for key, value in task_context().items():
             fields.setdefault(key, value)
@@ -87,6 +141,7 @@ def configure_logging(log_format: str = "json", level: str = "INFO") -> None:
     """Send every logger (Celery's included) to stderr in ``log_format``."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    handler.addFilter(CeleryEventNames())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -95,3 +150,6 @@ def configure_logging(log_format: str = "json", level: str = "INFO") -> None:
     # Celery's task and worker loggers propagate to the root.
     for name in ("celery", "celery.task", "celery.worker", "celery.app.trace"):
         logging.getLogger(name).propagate = True
+    # Celery logs "received" before the message's correlation id is known;
+    # tasker logs task.received itself (tasker.correlation), with the id.
+    logging.getLogger("celery.worker.strategy").setLevel(logging.WARNING)

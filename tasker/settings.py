@@ -52,6 +52,8 @@ class Settings:
     log_format: str = "json"
     log_level: str = "INFO"
     otel_enabled: bool = False
+    otel_file: str | None = None
+    otel_protocol: str = "http/protobuf"
     max_context_bytes: int = 65536
 
     @property
@@ -155,6 +157,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         log_level=_parse(env, "TASKER_LOG_LEVEL", "INFO", str.upper,
                          "DEBUG, INFO, WARNING, ERROR or CRITICAL", lambda v: v in LOG_LEVELS),
         otel_enabled=_parse(env, "TASKER_OTEL_ENABLED", False, _bool, "true or false"),
+        otel_file=_parse(env, "TASKER_OTEL_FILE", None, str, "a file path"),
+        # The standard variable; the rest of OTEL_* is read by the SDK itself.
+        otel_protocol=_parse(env, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+                             _parse(env, "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf", str,
+                                    "grpc or http/protobuf",
+                                    lambda v: v in ("grpc", "http/protobuf")),
+                             str, "grpc or http/protobuf",
+                             lambda v: v in ("grpc", "http/protobuf")),
         max_context_bytes=_parse(env, "TASKER_MAX_CONTEXT_BYTES", 65536, int,
                                  "an integer >= 2", lambda v: v >= 2),
     )

@@ -108,7 +108,8 @@ class WorkerNode:
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
-            return " ready." in self.log()  # Celery's "<name> ready." line
+            log = self.log()
+            return '"worker.ready"' in log or "worker.ready" in log
         wait_for(ready, timeout, 0.2, f"worker {self.name} ready")
 
     def log(self) -> str:

@@ -51,3 +51,33 @@ def hold_db(seconds: float = 1.0) -> float:
     with db.connection() as conn:
         conn.execute("SELECT pg_sleep(%s)", [seconds])
     return seconds
+
+
+@handler(bind=True)
+def spawn(self, chain_length: int = 3, group_size: int = 2, nested: bool = True) -> dict:
+    """Publish a chain, a group and (optionally) a nested piece of work from inside a task.
+
+    Shows correlation at work: the chain and group inherit this task's
+    ``tasker_correlation_id``; the nested start gets a new id whose parent is
+    this task's id. Returns the ids it used.
+    """
+    from celery import chain, group
+
+    from tasker.correlation import current_correlation_id, new_correlation
+
+    chain_length, group_size = int(chain_length), int(group_size)
+    if not (0 <= chain_length <= 100 and 0 <= group_size <= 100):
+        raise ValueError("chain_length and group_size must be between 0 and 100")
+    # Everything goes to the queue this task came from (each signature of a
+    # chain carries its own routing).
+    queue = (self.request.delivery_info or {}).get("routing_key")
+    options = {"queue": queue} if queue else {}
+    if chain_length:
+        chain(*(noop.si().set(**options) for _ in range(chain_length))).apply_async()
+    if group_size:
+        group(noop.si().set(**options) for _ in range(group_size)).apply_async()
+    nested_id = None
+    if nested:
+        with new_correlation() as nested_id:
+            noop.apply_async(**options)
+    return {"correlation_id": current_correlation_id(), "nested_correlation_id": nested_id}
