@@ -146,6 +146,7 @@ class TaskerMetricsStep(bootsteps.StartStopStep):
             metrics, state, hostname, known_tasks=lambda: app.tasks,
             queue_names=_queue_resolver(app), directory=self.directory.path)
         recording.activate(recorder)
+        _create_zero_series(recorder, app)
         # Pool processes inherit the observer through fork (see db.py).
         db.set_observer(PoolMetrics(recorder, self.settings.db_pool_max))
         self.node = _node
@@ -215,6 +216,23 @@ class TaskerMetricsStep(bootsteps.StartStopStep):
         recording.deactivate()
         _node = None
         self.directory.release()
+
+
+def _create_zero_series(recorder: recording.Recorder, app: Any) -> None:
+    """Export every task's counters at 0 before its first run.
+
+    Prometheus' ``rate()`` only sees increases between two scrapes, so a
+    series that appears at 1 hides its first runs. Created here, before the
+    pool forks, the values are also written into every pool process's file.
+    """
+    queues = sorted(getattr(app.amqp.queues, "consume_from", None) or app.amqp.queues)
+    m = recorder.metrics
+    for name in sorted(app.tasks):
+        if name.startswith("celery."):
+            continue
+        for queue in queues:
+            for metric in (m.received, m.started, m.succeeded, m.retried):
+                recorder.child(metric, name, queue)
 
 
 class DecodeErrorCounter(bootsteps.Step):
