@@ -35,7 +35,13 @@ worker_send_task_events = False
 task_send_sent_event = False
 worker_hijack_root_logger = False
 
-imports = [*discover_handler_modules(), "tasker.sampler.tasks"]
+imports = [*discover_handler_modules(), "tasker.sampler.tasks", "tasker.workflows.engine"]
+
+# Workflow steps and their recovery run on the step queue.
+task_routes = {
+    "tasker.run_step": {"queue": _settings.step_queue},
+    "tasker.recover_steps": {"queue": _settings.step_queue},
+}
 
 beat_schedule = {
     "tasker.sample_fleet": {
@@ -43,5 +49,10 @@ beat_schedule = {
         "schedule": _settings.sample_interval,
         # A sample older than one interval is worthless: let the broker drop it.
         "options": {"expires": _settings.sample_interval},
+    },
+    "tasker.recover_steps": {
+        "task": "tasker.recover_steps",
+        "schedule": _settings.recovery_interval,
+        "options": {"expires": _settings.recovery_interval},
     },
 }

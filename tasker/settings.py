@@ -48,6 +48,9 @@ class Settings:
     ema_alpha: float = 0.1
     sample_interval: float = 15.0
     sample_queues: tuple[str, ...] = ()
+    step_queue: str = "celery"
+    recovery_interval: float = 10.0
+    recovery_deadline: float = 30.0
     metrics_interval: float = 60.0
     log_format: str = "json"
     log_level: str = "INFO"
@@ -150,6 +153,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                                "seconds, a number >= 1", lambda v: v >= 1),
         sample_queues=_parse(env, "TASKER_SAMPLE_QUEUES", (), _queue_list,
                              "comma-separated queue names"),
+        step_queue=_parse(env, "TASKER_STEP_QUEUE", "celery", str, "a queue name",
+                          lambda v: " " not in v),
+        recovery_interval=_parse(env, "TASKER_RECOVERY_INTERVAL", 10.0, float,
+                                 "seconds, a number >= 0.5", lambda v: v >= 0.5),
+        recovery_deadline=_parse(env, "TASKER_RECOVERY_DEADLINE", 30.0, float,
+                                 "seconds, a number >= 1", lambda v: v >= 1),
         metrics_interval=_parse(env, "TASKER_METRICS_INTERVAL", 60.0, float,
                                 "seconds, a number >= 0 (0 = off)", lambda v: v >= 0),
         log_format=_parse(env, "TASKER_LOG_FORMAT", "json", str.lower,

@@ -12,12 +12,12 @@ __all__ = ["main"]
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from tasker.cli import demo, load, migrate, sample, stats
+    from tasker.cli import demo, load, migrate, sample, stats, workflow
 
     parser = argparse.ArgumentParser(
         prog="tasker", description="A Celery worker fleet with observability built in.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (demo, load, migrate, sample, stats):
+    for module in (demo, load, migrate, sample, stats, workflow):
         module.register(sub)
     return parser
 

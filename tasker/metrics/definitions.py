@@ -55,6 +55,12 @@ class TaskMetrics:
     db_pool_wait: Histogram
     db_pool_errors: Counter
     sample_skipped: Counter
+    workflow_requests: Counter
+    steps_dispatched: Counter
+    step_executions: Counter
+    workflow_duration: Histogram
+    workflow_initialization: Histogram
+    workflow_finalization: Histogram
 
 
 def create_metrics() -> TaskMetrics:
@@ -114,4 +120,25 @@ def create_metrics() -> TaskMetrics:
         sample_skipped=Counter("tasker_sample_skipped",
                                "Fleet sample rounds skipped: overlap with a running one, or stale.",
                                ("reason",), registry=None),
+        # Workflows (tasker.workflows.engine), recorded where the work happens.
+        workflow_requests=Counter("tasker_workflow_requests",
+                                  "Task requests by outcome: started, complete, error.",
+                                  ("workflow", "outcome"), registry=None),
+        steps_dispatched=Counter("tasker_workflow_steps_dispatched",
+                                 "Steps published by the fleet: event (unblocked, retry) or "
+                                 "poll (recovered).", ("workflow", "path"), registry=None),
+        step_executions=Counter("tasker_step_executions",
+                                "Step handler executions by the path that delivered them.",
+                                ("workflow", "path"), registry=None),
+        workflow_duration=Histogram("tasker_workflow_duration_seconds",
+                                    "Task request end to end: recorded to finalized.",
+                                    ("workflow",), buckets=WAIT_BUCKETS, registry=None),
+        workflow_initialization=Histogram("tasker_workflow_initialization_seconds",
+                                          "Submit: validate, record, dispatch the first steps.",
+                                          ("workflow",), buckets=POOL_WAIT_BUCKETS,
+                                          registry=None),
+        workflow_finalization=Histogram("tasker_workflow_finalization_seconds",
+                                        "Finalizing a task request in its last transaction.",
+                                        ("workflow",), buckets=POOL_WAIT_BUCKETS,
+                                        registry=None),
     )

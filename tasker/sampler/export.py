@@ -118,6 +118,9 @@ class FleetExport:
         database = self._fresh_values(doc.get("database", {}), now)
         if database is not None:
             families += _database_families(database)
+        records = self._fresh_values(doc.get("records", {}), now)
+        if records is not None:
+            families += _records_families(records)
         return families
 
     def queues_summary(self, now: float | None = None) -> dict[str, Any]:
@@ -154,6 +157,18 @@ def _queue_families(queues: dict[str, dict[str, Any]]) -> list[Metric]:
                 family.add_metric([queue], float(values[key]))
         families.append(family)
     return families
+
+
+def _records_families(values: dict[str, Any]) -> list[Metric]:
+    tasks = GaugeMetricFamily("tasker_records_tasks", "Recorded task requests by state.",
+                              labels=["state"])
+    for state, count in sorted((values.get("tasks") or {}).items()):
+        tasks.add_metric([state], float(count))
+    steps = GaugeMetricFamily("tasker_records_steps", "Recorded workflow steps by state.",
+                              labels=["state"])
+    for state, count in sorted((values.get("steps") or {}).items()):
+        steps.add_metric([state], float(count))
+    return [tasks, steps]
 
 
 def _database_families(values: dict[str, Any]) -> list[Metric]:

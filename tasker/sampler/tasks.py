@@ -126,6 +126,20 @@ def _sample_database(settings: Settings) -> dict[str, Any]:
             "max_connections": sample.max_connections}
 
 
+def _sample_records(settings: Settings) -> dict[str, Any]:
+    import psycopg
+
+    from tasker.workflows.records import counts_by_state
+
+    try:
+        with psycopg.connect(settings.database_url, connect_timeout=5, autocommit=True,
+                             application_name="tasker-sampler") as conn:
+            conn.execute("SET statement_timeout = 5000")
+            return counts_by_state(conn)
+    except psycopg.Error as exc:
+        raise RuntimeError(redact_text(f"records unavailable: {exc}")) from None
+
+
 def run_sample_round(app: Any, settings: Settings | None = None,
                      directory: str | None = None) -> SampleRound:
     """Sample every source once; store the results in ``directory`` if given."""
@@ -133,6 +147,7 @@ def run_sample_round(app: Any, settings: Settings | None = None,
     round_ = SampleRound(started_at=time.time())
     round_.sources["broker"] = _timed("broker", lambda: _sample_broker(app, settings))
     round_.sources["database"] = _timed("database", lambda: _sample_database(settings))
+    round_.sources["records"] = _timed("records", lambda: _sample_records(settings))
     if directory:
         for source, result in round_.sources.items():
             export.record_source(directory, source, up=result.up, duration=result.duration,
