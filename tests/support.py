@@ -168,3 +168,24 @@ class WorkerNode:
             pass
         self.proc.wait()
         self.proc = None
+
+
+def exited(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def busy_child(node) -> int:
+    """The pid of the pool process whose tasks_active gauge is 1."""
+    from prometheus_client.mmap_dict import MmapedDict
+
+    for path in node.directory().glob("gauge_livesum_*.db"):
+        owner = path.name[len("gauge_livesum_"):-3]
+        for key, value, _ts, _pos in MmapedDict.read_all_values_from_file(str(path)):
+            if "tasker_worker_tasks_active" in key and value == 1:
+                return int(owner.split("-")[0])
+    raise AssertionError("no busy pool process found")

@@ -6,6 +6,7 @@ import time
 
 from tasker import db
 from tasker.registry import handler
+from tasker.workflows import Step, StepContext, Workflow
 
 #: Longest sleep or hold a diagnostic task accepts, in seconds.
 MAX_SECONDS = 3600.0
@@ -81,3 +82,35 @@ def spawn(self, chain_length: int = 3, group_size: int = 2, nested: bool = True)
         with new_correlation() as nested_id:
             noop.apply_async(**options)
     return {"correlation_id": current_correlation_id(), "nested_correlation_id": nested_id}
+
+
+# -- diagnostic workflows ----------------------------------------------------
+
+def _slow_step(ctx: StepContext) -> dict:
+    """Sleep in the database for ``context["seconds"]``, then record once."""
+    seconds = _seconds(ctx.context.get("seconds", 1.0))
+    ctx.conn.execute("SELECT pg_sleep(%s)", [seconds])
+    ctx.conn.execute("INSERT INTO tasker_workflow_ledger (task_uuid, step, value)"
+                     " VALUES (%s, %s, %s)", [ctx.task_uuid, ctx.step_name, ctx.attempt])
+    return {"slept": seconds}
+
+
+def _flaky_step(ctx: StepContext) -> dict:
+    """Fail until attempt ``context["succeed_on"]`` (retries with backoff)."""
+    if ctx.attempt < int(ctx.context.get("succeed_on", 1)):
+        raise DiagnosticFailure(f"attempt {ctx.attempt} fails on purpose")
+    return {"attempt": ctx.attempt}
+
+
+def _done(ctx: StepContext) -> dict:
+    return {"done": True}
+
+
+slow = Workflow("diagnostics", "slow", steps=[
+    Step("hold", _slow_step),
+    Step("after", _done, after=["hold"]),
+])
+flaky = Workflow("diagnostics", "flaky", steps=[
+    Step("flaky", _flaky_step, max_attempts=3),
+    Step("after", _done, after=["flaky"]),
+])

@@ -7,6 +7,8 @@ import signal
 import time
 
 import pytest
+from support import busy_child as _busy_child
+from support import exited as _exited
 from support import http_get, total, wait_for
 
 
@@ -90,27 +92,6 @@ def test_sigkill_of_a_pool_process_while_it_runs_a_task(start_node, app):
     app.send_task("diagnostics.noop", queue=node.queue)
     wait_for(lambda: node.snapshot()["succeeded"] == 6, timeout=30, message="node still works")
     assert node.snapshot()["pool_processes"] == 2
-
-
-def _exited(pid: int) -> bool:
-    import psutil
-
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def _busy_child(node) -> int:
-    """The pid of the pool process whose tasks_active gauge is 1."""
-    from prometheus_client.mmap_dict import MmapedDict
-
-    for path in node.directory().glob("gauge_livesum_*.db"):
-        owner = path.name[len("gauge_livesum_"):-3]
-        for key, value, _ts, _pos in MmapedDict.read_all_values_from_file(str(path)):
-            if "tasker_worker_tasks_active" in key and value == 1:
-                return int(owner.split("-")[0])
-    raise AssertionError("no busy pool process found")
 
 
 @pytest.mark.slow
