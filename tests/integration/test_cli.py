@@ -89,7 +89,7 @@ def test_demo_runs_and_leaves_nothing_behind(tmp_path, database_url):
     assert "runs=0 " not in runs[-1], runs[-1]  # the load was processed
     marker = None
     for line in (tmp_path / "data" / "logs" / "worker.log").read_text().splitlines():
-        if "ready." in line:
+        if "worker.ready" in line:
             marker = line
     assert marker, "the demo's worker never became ready"
     leftovers = []
