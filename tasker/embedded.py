@@ -352,6 +352,10 @@ class _ChildServer:
     def _ready(self) -> bool:
         raise NotImplementedError
 
+    def _spawn_kwargs(self) -> dict[str, Any]:
+        """Extra ``Popen`` arguments (the user to run as, for PostgreSQL)."""
+        return {}
+
     def _spawn(self, argv: list[str], log: IO[bytes]) -> subprocess.Popen[bytes]:
         # start_new_session: a Ctrl-C in the caller's terminal must not reach the
         # server before the caller had a chance to stop it in order.
@@ -362,6 +366,7 @@ class _ChildServer:
             stderr=subprocess.STDOUT,
             cwd=self.data_dir,
             start_new_session=True,
+            **self._spawn_kwargs(),
         )
 
 
@@ -582,13 +587,5 @@ class EmbeddedPostgres(_ChildServer):
         # extra_groups=[] drops root's supplementary groups too.
         return {"user": self._run_as.pw_uid, "group": self._run_as.pw_gid, "extra_groups": []}
 
-    def _spawn(self, argv: list[str], log: IO[bytes]) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=self.data_dir,
-            start_new_session=True,
-            **self._user_kwargs(),
-        )
+    def _spawn_kwargs(self) -> dict[str, Any]:
+        return self._user_kwargs()
