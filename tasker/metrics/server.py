@@ -8,10 +8,12 @@ make the node spawn more.
 from __future__ import annotations
 
 import hmac
+import io
 import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -25,10 +27,12 @@ __all__ = ["MetricsServer", "MetricsServerError", "REQUEST_TIMEOUT", "SERVER_THR
 
 logger = logging.getLogger("tasker.metrics")
 
-#: Seconds a client may take to send its request or read the answer.
-REQUEST_TIMEOUT = 5.0
+#: Seconds a client may take to send its whole request head, or to read the answer.
+REQUEST_TIMEOUT = 2.0
 #: Threads answering requests; more clients wait in the listen backlog.
-SERVER_THREADS = 4
+SERVER_THREADS = 8
+#: Largest request head accepted (request line and headers).
+MAX_HEAD_BYTES = 16384
 
 
 class MetricsServerError(RuntimeError):
@@ -41,6 +45,31 @@ class _FamiliesCollector:
 
     def collect(self) -> list[Metric]:
         return self._families()
+
+
+def _read_head(sock: socket.socket, timeout: float, limit: int) -> bytes:
+    """The request head, read against one overall deadline.
+
+    A per-read socket timeout alone would let a client that trickles one byte
+    at a time hold a thread for ever; here the whole head must arrive within
+    ``timeout``. Returns b"" for a client that is too slow or sends too much.
+    """
+    deadline = time.monotonic() + timeout
+    buf = bytearray()
+    while b"\r\n\r\n" not in buf and b"\n\n" not in buf:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or len(buf) > limit:
+            return b""
+        sock.settimeout(remaining)
+        try:
+            chunk = sock.recv(4096)
+        except OSError:
+            return b""
+        if not chunk:
+            break
+        buf += chunk
+    sock.settimeout(timeout)  # for writing the answer
+    return bytes(buf)
 
 
 class _BoundedHTTPServer(HTTPServer):
@@ -132,6 +161,12 @@ class MetricsServer:
             protocol_version = "HTTP/1.1"
             server_version = "tasker"
             sys_version = ""
+
+            def setup(self) -> None:
+                super().setup()
+                # GET requests have no body: parse from the head read under a deadline.
+                self.rfile = io.BytesIO(_read_head(self.connection, REQUEST_TIMEOUT,
+                                                   MAX_HEAD_BYTES))
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 path = self.path.split("?", 1)[0]

@@ -205,3 +205,26 @@ def test_malformed_and_unknown_messages_are_counted_and_the_node_goes_on(start_n
                 total(s, "tasker_tasks_rejected_total", reason="unknown_task") == 1 and
                 total(s, "tasker_tasks_succeeded_total") == 1)
     wait_for(counted, timeout=30, message="decode error, unknown task and one success")
+
+
+def test_slow_clients_do_not_stop_the_endpoint(start_node):
+    import socket
+
+    node = start_node()
+    slow = []
+    for _ in range(40):  # many clients that never finish their request
+        s = socket.create_connection(("127.0.0.1", node.port))
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # no blank line: never complete
+        slow.append(s)
+    try:
+        started = time.monotonic()
+        status, _, body = http_get(f"{node.url}/metrics", timeout=30)
+        assert status == 200 and b"tasker_worker_info" in body
+        assert time.monotonic() - started < 20
+        import psutil
+
+        threads = psutil.Process(node.proc.pid).num_threads()
+        assert threads < 40, threads  # bounded: not one thread per client
+    finally:
+        for s in slow:
+            s.close()
