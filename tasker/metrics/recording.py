@@ -21,6 +21,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from celery.signals import (
@@ -51,6 +52,15 @@ MAX_EXCEPTION_LABELS = 50
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+@dataclass(frozen=True)
+class _TaskSeries:
+    started: Any
+    succeeded: Any
+    runtime: Any
+    queue_wait: Any
+    active: Any
+
+
 class Recorder:
     """Per-process recording state: metric objects plus label caches.
 
@@ -73,7 +83,8 @@ class Recorder:
         self.directory = directory
         self._known_tasks = known_tasks
         self._queue_names = queue_names
-        self._started: dict[str, float] = {}
+        self._started: dict[str, tuple[float, _TaskSeries]] = {}
+        self._series: dict[tuple[str, str | None, str | None], _TaskSeries] = {}
         self._exceptions: set[str] = set()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
@@ -107,33 +118,52 @@ class Recorder:
         request = task.request
         return self.task_label(task.name), self.queue_label(request.delivery_info)
 
+    def series_of(self, task: Any) -> _TaskSeries:
+        """The labelled metric objects of a task's executions, looked up once per
+        (task, exchange, routing key): the pool-process hot path does one dict lookup."""
+        info = task.request.delivery_info or {}
+        key = (task.name, info.get("exchange"), info.get("routing_key"))
+        found = self._series.get(key)
+        if found is None:
+            labels = self.labels_of(task)
+            m = self.metrics
+            found = _TaskSeries(*(metric.labels(*labels) for metric in (
+                m.started, m.succeeded, m.runtime, m.queue_wait)),
+                active=m.tasks_active.labels(self.worker))
+            if len(self._series) < 10_000:  # task names are bounded; never grow without end
+                self._series[key] = found
+        return found
+
     # Pool-process side ----------------------------------------------------
 
     def on_prerun(self, task_id: str, task: Any) -> None:
-        labels = self.labels_of(task)
+        series = self.series_of(task)
         now = time.time()
-        self._started[task_id] = time.perf_counter()
-        self.child(self.metrics.started, *labels).inc()
-        self.child(self.metrics.tasks_active, self.worker).inc()
-        published = _published_at(task.request)
+        self._started[task_id] = (time.perf_counter(), series)
+        series.started.inc()
+        series.active.inc()
+        request = task.request
+        published = _published_at(request)
         if published is not None:
-            start_from = published
-            eta = _eta_timestamp(task.request)
-            if eta is not None and eta > start_from:
-                start_from = eta
-            self.child(self.metrics.queue_wait, *labels).observe(max(0.0, now - start_from))
+            eta = _eta_timestamp(request) if request.eta else None
+            start_from = eta if eta is not None and eta > published else published
+            series.queue_wait.observe(max(0.0, now - start_from))
 
     def on_postrun(self, task_id: str, task: Any) -> None:
-        started = self._started.pop(task_id, None)
-        self.child(self.metrics.tasks_active, self.worker).dec()
-        if started is None:
+        entry = self._started.pop(task_id, None)
+        if entry is None:
+            self.child(self.metrics.tasks_active, self.worker).dec()
             return
+        started, series = entry
+        series.active.dec()
         runtime = time.perf_counter() - started
-        self.child(self.metrics.runtime, *self.labels_of(task)).observe(runtime)
+        series.runtime.observe(runtime)
         self.node_state.record_finished(runtime, time.time())
 
     def on_success(self, task: Any) -> None:
-        self.child(self.metrics.succeeded, *self.labels_of(task)).inc()
+        entry = self._started.get(task.request.id)
+        series = entry[1] if entry is not None else self.series_of(task)
+        series.succeeded.inc()
 
     def on_retry(self, task: Any, request: Any) -> None:
         name = getattr(request, "task", None) or task.name

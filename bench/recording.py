@@ -1,0 +1,215 @@
+"""Recording cost: microseconds per task of tasker's signal receivers, in process.
+
+    python -m bench.recording [--quick] [--iterations N] [--repeats R]
+
+Activates recording the way a worker node does (:mod:`tasker.metrics.bootstep`:
+``_use_multiprocess_values(dir)``, ``create_metrics()``, ``NodeState.create``,
+``recording.activate(Recorder(...))``) on a temporary multiprocess directory,
+then calls the receivers of :mod:`tasker.metrics.recording` directly, with the
+keyword arguments Celery sends:
+
+* MainProcess, per task: ``task_received``;
+* pool process, per successful task: ``task_prerun``, ``task_success``,
+  ``task_postrun`` (the task object is tasker's real ``diagnostics.noop`` with
+  a request pushed as the worker does, carrying a publish stamp, so the
+  queue-wait histogram is observed too).
+
+Also one metric update (``Counter.inc``, ``Histogram.observe`` on a labelled
+child) in multiprocess mode and, for reference, in prometheus_client's
+default in-memory mode. Figures are the median over repeats of the mean
+time per call in a loop (min-max over repeats).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from types import SimpleNamespace
+from typing import Any
+
+from bench import common
+from bench.common import progress
+
+BENCH = "recording"
+
+
+def per_call_us(fn: Any, iterations: int, repeats: int) -> dict[str, Any]:
+    """Mean microseconds per call of ``fn(i)`` over ``iterations`` calls, ``repeats`` times."""
+    import gc
+
+    values = []
+    for _ in range(repeats):
+        gc.collect()
+        started = time.perf_counter()
+        fn(iterations)
+        values.append((time.perf_counter() - started) / iterations * 1e6)
+    return common.spread(values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = common.base_parser("python -m bench.recording", __doc__.splitlines()[0])
+    parser.add_argument("--iterations", type=int,
+                        help="calls per repeat (default 20000; quick 3000)")
+    parser.add_argument("--repeats", type=int, help="repeats (default 9; quick 3)")
+    args = parser.parse_args(argv)
+    iterations = args.iterations or (3000 if args.quick else 20000)
+    repeats = args.repeats or (3 if args.quick else 9)
+    results = common.Results(BENCH, args, {"iterations": iterations, "repeats": repeats})
+    directory = tempfile.mkdtemp(prefix="tasker-bench-recording-")
+    ok = False
+    try:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        os.environ.setdefault("TASKER_BROKER_URL", common.REDIS_URL)
+        from prometheus_client import Counter, Histogram
+
+        from tasker.metrics.definitions import RUNTIME_BUCKETS
+
+        # In-memory reference metrics: created before multiprocess mode is switched on.
+        mem_counter = Counter("bench_mem_counter", "c", ("task", "queue"), registry=None)
+        mem_hist = Histogram("bench_mem_hist", "h", ("task", "queue"), buckets=RUNTIME_BUCKETS,
+                             registry=None)
+
+        # Activation, as TaskerMetricsStep.__init__ does it.
+        from tasker import app
+        from tasker.metrics import bootstep, recording
+        from tasker.metrics.definitions import create_metrics
+        from tasker.metrics.node_state import FILE_NAME, NodeState
+
+        bootstep._use_multiprocess_values(directory)
+        metrics = create_metrics()
+        state = NodeState.create(os.path.join(directory, FILE_NAME), 60.0, 0.1, time.time())
+        recorder = recording.Recorder(
+            metrics, state, "bench@localhost", known_tasks=lambda: app.tasks,
+            queue_names=bootstep._queue_resolver(app), directory=directory)
+        recording.activate(recorder)
+
+        mp_counter = Counter("bench_mp_counter", "c", ("task", "queue"), registry=None)
+        mp_hist = Histogram("bench_mp_hist", "h", ("task", "queue"), buckets=RUNTIME_BUCKETS,
+                            registry=None)
+
+        app.loader.import_default_modules()  # the handler modules, as a worker imports them
+        task = app.tasks["diagnostics.noop"]
+        delivery_info = {"exchange": "", "routing_key": "celery", "priority": 0,
+                         "redelivered": False}
+        received_request = SimpleNamespace(name=task.name, delivery_info=delivery_info)
+        ids = [str(uuid.uuid4()) for _ in range(iterations)]
+
+        def main_process(n: int) -> None:
+            receiver = recording._on_received
+            for _ in range(n):
+                receiver(sender=None, request=received_request)
+
+        def pool_process(n: int) -> dict[str, float]:
+            """Seconds spent in each receiver over ``n`` tasks (the request push is excluded)."""
+            prerun, success, postrun = (recording._on_prerun, recording._on_success,
+                                        recording._on_postrun)
+            clock = time.perf_counter
+            t_pre = t_suc = t_post = 0.0
+            for i in range(n):
+                task_id = ids[i % iterations]
+                # What Celery's tracer does around every task: push the request.
+                task.push_request(id=task_id, delivery_info=delivery_info, args=(), kwargs={},
+                                  tasker_published_at=time.time() - 0.004,
+                                  headers=None, eta=None)
+                try:
+                    t0 = clock()
+                    prerun(sender=task, task_id=task_id, task=task, args=(), kwargs={})
+                    t1 = clock()
+                    success(sender=task, result=None)
+                    t2 = clock()
+                    postrun(sender=task, task_id=task_id, task=task, args=(), kwargs={},
+                            retval=None, state="SUCCESS")
+                    t3 = clock()
+                finally:
+                    task.pop_request()
+                t_pre += t1 - t0
+                t_suc += t2 - t1
+                t_post += t3 - t2
+            return {"prerun": t_pre, "success": t_suc, "postrun": t_post}
+
+        def node_state_update(n: int) -> None:
+            record = state.record_finished
+            for _ in range(n):
+                record(0.001, time.time())
+
+        def loop(update: Any) -> Any:
+            def run(n: int) -> None:
+                for _ in range(n):
+                    update()
+            return run
+
+        mp_c, mp_h = mp_counter.labels("t", "q"), mp_hist.labels("t", "q")
+        mem_c, mem_h = mem_counter.labels("t", "q"), mem_hist.labels("t", "q")
+        measured: dict[str, dict[str, Any]] = {}
+
+        # Pool process: per repeat, the mean time per task in each receiver.
+        pool_process(min(iterations, 1000))  # warm the label caches and the files
+        per_repeat: list[dict[str, float]] = []
+        for _ in range(repeats):
+            import gc
+
+            gc.collect()
+            spent = pool_process(iterations)
+            per_repeat.append({k: v / iterations * 1e6 for k, v in spent.items()})
+        for stage in ("prerun", "success", "postrun"):
+            measured[f"pool_{stage}"] = common.spread(r[stage] for r in per_repeat)
+        measured["pool_process_per_task"] = common.spread(sum(r.values()) for r in per_repeat)
+        for name, what in (("pool_process_per_task",
+                            "task_prerun + task_success + task_postrun receivers (pool process)"),
+                           ("pool_prerun", "task_prerun receiver"),
+                           ("pool_success", "task_success receiver"),
+                           ("pool_postrun", "task_postrun receiver")):
+            results.write("run", {"case": name, "what": what, "iterations": iterations,
+                                  "us_per_call": measured[name]})
+            progress(BENCH, f"{name}: {measured[name]['median']:.2f} us "
+                            f"({measured[name]['min']:.2f}-{measured[name]['max']:.2f})")
+
+        cases = {
+            "main_process_per_task": (main_process, "task_received receiver (MainProcess)", 5),
+            "node_state_record_finished": (node_state_update,
+                                           "NodeState.record_finished() (flock + mmap; "
+                                           "part of task_postrun)", 1),
+            "counter_inc_multiprocess": (loop(mp_c.inc), "Counter.inc(), multiprocess mode", 5),
+            "histogram_observe_multiprocess": (loop(lambda: mp_h.observe(0.003)),
+                                               "Histogram.observe(), multiprocess mode", 5),
+            "counter_inc_memory": (loop(mem_c.inc), "Counter.inc(), in-memory mode", 5),
+            "histogram_observe_memory": (loop(lambda: mem_h.observe(0.003)),
+                                         "Histogram.observe(), in-memory mode", 5),
+        }
+        for name, (fn, what, scale) in cases.items():
+            fn(min(iterations, 1000))  # warm the label caches and the files
+            measured[name] = per_call_us(fn, iterations * scale, repeats)
+            results.write("run", {"case": name, "what": what, "iterations": iterations * scale,
+                                  "us_per_call": measured[name]})
+            progress(BENCH, f"{name}: {measured[name]['median']:.2f} us "
+                            f"({measured[name]['min']:.2f}-{measured[name]['max']:.2f})")
+        recording.deactivate()
+
+        main_us, pool_us = measured["main_process_per_task"], measured["pool_process_per_task"]
+        summary = {
+            "main_process_us_per_task": main_us,
+            "pool_process_us_per_task": pool_us,
+            "total_us_per_task": main_us["median"] + pool_us["median"],
+            "pool_process_us_by_receiver": {
+                stage: measured[f"pool_{stage}"] for stage in ("prerun", "success", "postrun")},
+            "node_state_record_finished_us": measured["node_state_record_finished"],
+            "counter_inc_us": {"multiprocess": measured["counter_inc_multiprocess"],
+                               "memory": measured["counter_inc_memory"]},
+            "histogram_observe_us": {"multiprocess": measured["histogram_observe_multiprocess"],
+                                     "memory": measured["histogram_observe_memory"]},
+        }
+        results.write("summary", summary)
+        progress(BENCH, f"per task: MainProcess {main_us['median']:.1f} us, "
+                        f"pool process {pool_us['median']:.1f} us")
+        ok = True
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+        results.close(ok)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
