@@ -21,6 +21,7 @@ interval is read from ``/proc`` (psutil) at the two clock ticks.
 
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
 import time
@@ -34,19 +35,22 @@ from bench.common import Variant, progress
 
 BENCH = "overhead"
 
-#: Every variant this benchmark knows. The baseline is ``bare``; a new one
-#: (e.g. tracing, when it lands) is one more entry here plus its name in
-#: DEFAULT_VARIANTS:
-#:     "tasker_tracing": Variant("tasker_tracing", "tasker",
-#:                               "tasker with metrics and tracing",
-#:                               env=(("TASKER_TRACING", "1"),)),
+#: Every variant this benchmark knows. The baseline is ``bare``; a new one is
+#: one more entry here plus its name in DEFAULT_VARIANTS.
 VARIANTS: dict[str, Variant] = {
     "bare": Variant("bare", "bare", "bare Celery"),
     "bare_events": Variant("bare_events", "bare", "bare Celery with task events (-E)",
                            worker_args=("-E",)),
-    "tasker": Variant("tasker", "tasker", "tasker with metrics (default configuration)"),
+    "tasker": Variant("tasker", "tasker",
+                      "tasker with metrics (default configuration: tracing off)"),
+    "tasker_tracing": Variant(
+        "tasker_tracing", "tasker",
+        "tasker with metrics and tracing on (spans written synchronously to a local file)",
+        env=(("TASKER_OTEL_ENABLED", "true"),
+             ("TASKER_OTEL_FILE", os.path.join(tempfile.gettempdir(),
+                                               "tasker-bench-spans.jsonl")))),
 }
-DEFAULT_VARIANTS = ("bare", "bare_events", "tasker")
+DEFAULT_VARIANTS = ("bare", "bare_events", "tasker", "tasker_tracing")
 BASELINE = "bare"
 #: The issue's target: tasker's throughput / bare Celery's.
 TARGET_RATIO = 0.97
