@@ -11,6 +11,7 @@ housekeeping thread (exits of pool processes, compaction, the periodic
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
@@ -127,6 +128,10 @@ class TaskerMetricsStep(bootsteps.StartStopStep):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.directory: NodeDirectory = prepare_directory(self.settings.multiproc_dir)
+        # Celery does not call a step's shutdown() on every way out (a warm
+        # SIGTERM shutdown skips it), so the directory is also released at
+        # exit; pool processes leave through os._exit and never run this.
+        atexit.register(self.directory.release)
         _use_multiprocess_values(self.directory.path)
 
         from tasker import __name__ as _pkg  # noqa: F401 - the app is configured by now

@@ -15,7 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["NodeDirectory", "DirectoryInUseError", "prepare_directory", "DEFAULT_PREFIX"]
 
@@ -37,12 +37,16 @@ class NodeDirectory:
     path: str
     owned: bool  # created by tasker (removed at release) rather than configured
     _lock_fd: int
+    _owner_pid: int = field(default_factory=os.getpid)
 
     def release(self) -> None:
-        """Unlock; remove the directory too when tasker created it."""
-        if self._lock_fd >= 0:
-            os.close(self._lock_fd)
-            self._lock_fd = -1
+        """Unlock; remove the directory too when tasker created it (idempotent)."""
+        if self._lock_fd < 0:
+            return
+        if os.getpid() != self._owner_pid:
+            return  # a forked child: the directory belongs to its node
+        os.close(self._lock_fd)
+        self._lock_fd = -1
         if self.owned:
             shutil.rmtree(self.path, ignore_errors=True)
 

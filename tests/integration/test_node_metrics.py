@@ -175,3 +175,11 @@ def test_configured_directory_cannot_be_shared_by_two_live_nodes(start_node, tmp
     second.proc.wait(timeout=60)
     assert second.proc.returncode != 0
     assert "in use by another live worker node" in second.log()
+
+
+def test_warm_shutdown_removes_the_default_directory(start_node):
+    node = start_node()
+    directory = node.directory()
+    assert directory.is_dir()
+    node.stop()
+    assert not directory.exists()
