@@ -5,7 +5,7 @@ bounded timeouts), samples every queue, and closes it again. Transports:
 
 * Redis (``redis://``, ``rediss://``, ``sentinel://``): kombu keeps each
   priority level of a queue in its own list, so every level is read. One
-  pipeline round trip reads all of them (plus the unacked hash); a second one
+  round trip reads all of them (one server-side script, plus the unacked hash); a second one
   is made only when unacked messages were published through a named
   exchange and the exchange's binding table is needed to map them to queues.
 * AMQP (``amqp://``, py-amqp): one passive ``queue.declare`` per queue.
@@ -129,50 +129,69 @@ def _sample_redis(
 
     levels = {q: [prefix + k for k in _level_keys(q, chan.priority_steps, chan.sep)]
               for q in queues}
-    with client.pipeline(transaction=False) as pipe:
-        for keys in levels.values():
-            for key in keys:
-                pipe.llen(key)
-                # kombu LPUSHes and (B)RPOPs: the element consumed next from
-                # a level is its right end, index -1.
-                pipe.lindex(key, -1)
+    keys = [k for ks in levels.values() for k in ks]
+    # One server-side script reads every level of every queue: one command to
+    # pack instead of two per list, and only the message that will be consumed
+    # next crosses the wire (not the head of every level).
+    with client.pipeline(transaction=False) as pipe:  # both in one round trip
+        pipe.eval(_LEVELS_SCRIPT, len(keys), *keys, *[len(ks) for ks in levels.values()])
         if chan.ack_emulation:
             pipe.hvals(prefix + chan.unacked_key)
-        # An error reply (e.g. WRONGTYPE for a foreign key) spoils one queue,
-        # not the whole sample.
-        replies = pipe.execute(raise_on_error=False)
+        replies, *rest = pipe.execute()
+    unacked_values = rest[0] if rest else None
 
     unacked: dict[str, int] | None = None
-    if chan.ack_emulation:
-        unacked_values = replies.pop()
-        if isinstance(unacked_values, Exception):
-            raise unacked_values
+    if unacked_values is not None:
         unacked = _redis_unacked_by_queue(
             client, unacked_values, queues, prefix + chan.keyprefix_queue, chan.sep
         )
 
     out: dict[str, QueueSample] = {}
-    pos = 0
-    for queue, keys in levels.items():
-        chunk = replies[pos:pos + 2 * len(keys)]
-        pos += 2 * len(keys)
-        if any(isinstance(r, Exception) for r in chunk):
-            continue
-        lengths, heads = chunk[0::2], chunk[1::2]
-        # BRPOP and kombu's _get try the levels in priority_steps order (the
-        # queue_order_strategy only orders queues, not levels within one), so
-        # the next message comes from the first non-empty level in that order.
-        head = next((h for n, h in zip(lengths, heads, strict=True) if n), None)
+    for queue, (depth, head) in zip(levels, _pairs(replies), strict=True):
+        if depth < 0:
+            continue  # a key of another type: this queue cannot be read, the rest can
         stamp = _published_at(head)
         out[queue] = QueueSample(
             queue=queue,
-            depth=sum(lengths),
+            depth=depth,
             # Clamp: a publisher's clock slightly ahead must not give a negative age.
             oldest_message_age_seconds=None if stamp is None else max(0.0, now - stamp),
             unacked=None if unacked is None else unacked[queue],
             consumers=None,  # Redis does not know who BRPOPs a list.
         )
     return out
+
+
+def _pairs(replies: list[Any]) -> list[tuple[int, bytes | None]]:
+    return [(int(replies[i]), replies[i + 1] or None) for i in range(0, len(replies), 2)]
+
+
+#: KEYS: every priority level of every queue, in order; ARGV: levels per queue.
+#: Returns per queue: total depth (-1 if a key is not a list) and the message
+#: that will be consumed next. kombu LPUSHes and (B)RPOPs, so that is the right
+#: end (index -1) of the first non-empty level in priority_steps order (BRPOP
+#: and kombu's _get try the levels in that order).
+_LEVELS_SCRIPT = """
+local out, k = {}, 1
+for q = 1, #ARGV do
+  local depth, head = 0, false
+  for _ = 1, tonumber(ARGV[q]) do
+    local key = KEYS[k]
+    k = k + 1
+    local kind = redis.call('TYPE', key)['ok']
+    if kind == 'list' then
+      local n = redis.call('LLEN', key)
+      if n > 0 and depth >= 0 and not head then head = redis.call('LINDEX', key, -1) end
+      if depth >= 0 then depth = depth + n end
+    elseif kind ~= 'none' then
+      depth = -1
+    end
+  end
+  out[#out + 1] = depth
+  out[#out + 1] = head
+end
+return out
+"""
 
 
 def _level_keys(queue: str, priority_steps: Iterable[int], sep: str) -> list[str]:
