@@ -134,7 +134,6 @@ class TaskerMetricsStep(bootsteps.StartStopStep):
         atexit.register(self.directory.release)
         _use_multiprocess_values(self.directory.path)
 
-        from tasker import __name__ as _pkg  # noqa: F401 - the app is configured by now
         from tasker.metrics.definitions import create_metrics
         from tasker.registry import registry
 

@@ -220,12 +220,3 @@ class MetricsServer:
 
         return Handler
 
-
-def port_is_free(bind: str, port: int) -> bool:
-    """True when ``bind:port`` can be bound now (used by tests and the demo)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((bind, port))
-        except OSError:
-            return False
-    return True

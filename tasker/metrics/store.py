@@ -164,9 +164,6 @@ class MetricStore:
                 self._fold(names)
             return len(dead)
 
-    def file_count(self) -> int:
-        return sum(1 for e in os.scandir(self.directory) if e.name.endswith(".db"))
-
     # -- internals --------------------------------------------------------
 
     def _scan(self) -> tuple[list[str], dict[str, list[str]]]:

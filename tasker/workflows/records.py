@@ -13,7 +13,6 @@ rules, in one place:
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from psycopg.types.json import Jsonb
 from tasker.workflows.definition import Workflow
 
 __all__ = ["StepRow", "insert_request", "lock_step", "dependency_results", "start_task",
-           "complete_step", "dispatch_ready", "record_failed_attempt", "finalize",
+           "complete_step", "lock_task", "dispatch_ready", "record_failed_attempt", "finalize",
            "claim_overdue", "counts_by_state", "find_tasks", "steps_of"]
 
 
@@ -224,6 +223,3 @@ def steps_of(conn: psycopg.Connection, task_uuid: str) -> list[dict[str, Any]]:
             " dispatched_at, started_at, completed_at FROM tasker_steps WHERE task_uuid = %s"
             " ORDER BY COALESCE(started_at, 'infinity'), name", [task_uuid]).fetchall()
 
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, default=str, sort_keys=True)
