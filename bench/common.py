@@ -405,13 +405,15 @@ def start_worker(variant: Variant, queue: str, name: str, log_dir: Path,
 def publish(app: str, queue: str, *, count: int | None = None, task: str = "diagnostics.noop",
             latency_key: str | None = None, rate: float | None = None,
             duration: float | None = None, timeout: float = 600.0,
-            processes: int = 1) -> dict[str, Any]:
+            processes: int = 1, fail_every: int = 0) -> dict[str, Any]:
     """Run :mod:`bench.publish` in subprocesses (``count`` split over ``processes``)."""
     base = [sys.executable, "-m", "bench.publish", "--app", app, "--queue", queue]
     if latency_key:
         base += ["--latency-key", latency_key]
     else:
         base += ["--task", task]
+    if fail_every:
+        base += ["--fail-every", str(fail_every)]
     if rate:
         argvs = [base + ["--rate", str(rate), "--duration", str(duration)]]
     else:

@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-key", help="publish bench.latency(time.time(), KEY)")
     parser.add_argument("--rate", type=float, help="tasks per second (with --duration)")
     parser.add_argument("--duration", type=float)
+    parser.add_argument("--fail-every", type=int, default=0,
+                        help="make every Nth task diagnostics.fail (a mix with failures)")
     args = parser.parse_args(argv)
 
     app = load_app(args.app)
@@ -59,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.latency_key:
                 app.send_task("bench.latency", args=[time.time(), args.latency_key],
                               queue=args.queue, producer=producer)
+            elif args.fail_every and i % args.fail_every == args.fail_every - 1:
+                app.send_task("diagnostics.fail", args=["soak failure"], queue=args.queue,
+                              producer=producer)
             else:
                 app.send_task(args.task, queue=args.queue, producer=producer)
         elapsed = time.monotonic() - started
