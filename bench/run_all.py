@@ -1,6 +1,6 @@
 """Run every benchmark, each in its own process, then write BENCHMARKS.md.
 
-    python -m bench.run_all            # full suite (about 15 minutes), then BENCHMARKS.md
+    python -m bench.run_all            # full suite (about 25 minutes), then BENCHMARKS.md
     python -m bench.run_all --quick    # the whole suite in under 2 minutes; no report
     python -m bench.run_all --only scrape,sampler
 
@@ -24,7 +24,7 @@ from pathlib import Path
 from bench.common import DEFAULT_RESULTS_DIR, REPO
 
 #: In the order they run: in-process ones first, worker-node ones last.
-BENCHES = ("recording", "scrape", "sampler", "latency", "overhead")
+BENCHES = ("recording", "scrape", "sampler", "workflows", "latency", "overhead", "soak")
 
 
 def main(argv: list[str] | None = None) -> int:

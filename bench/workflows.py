@@ -413,12 +413,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = common.base_parser("python -m bench.workflows", __doc__)
     parser.add_argument("--requests", type=int, default=None,
                         help="requests per workflow in part 1 (default 200, quick 20)")
-    parser.add_argument("--rate", type=float, default=5.0, help="requests per second")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="requests per second (default 5, quick 10)")
     parser.add_argument("--sizes", default=None,
                         help="recorded tasks for the plans (default 100,1000,10000,50000; "
                              "quick 100,1000)")
     args = parser.parse_args(argv)
     args.requests = args.requests or (20 if args.quick else 200)
+    args.rate = args.rate or (10.0 if args.quick else 5.0)
     args.sizes = [int(s) for s in (args.sizes or (
         "100,1000" if args.quick else "100,1000,10000,50000")).split(",")]
     if args.sizes != sorted(args.sizes):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-BENCHES = ("recording", "scrape", "sampler", "latency", "overhead")
+BENCHES = ("recording", "scrape", "sampler", "workflows", "latency", "overhead", "soak")
 
 
 def _redis_reachable() -> bool:
