@@ -67,8 +67,9 @@ class CeleryEventNames(logging.Filter):
 
         self._events = {
             trace.LOG_SUCCESS: ("task.succeeded", None),
+            # LOG_FAILURE and LOG_INTERNAL_ERROR are the same format string;
+            # filter() tells them apart by the record's description.
             trace.LOG_FAILURE: ("task.failed", None),
-            trace.LOG_INTERNAL_ERROR: ("task.internal_error", None),
             trace.LOG_IGNORED: ("task.ignored", None),
             trace.LOG_REJECTED: ("task.rejected", logging.WARNING),
             trace.LOG_RETRY: ("task.retried", logging.WARNING),
@@ -80,6 +81,8 @@ class CeleryEventNames(logging.Filter):
             event, level = mapped
             record.message = record.getMessage()
             data = getattr(record, "data", None) or {}
+            if event == "task.failed" and data.get("description") == "INTERNAL ERROR":
+                event = "task.internal_error"
             for key, name in _CELERY_FIELDS.items():
                 if key in data:
                     setattr(record, name, data[key])
