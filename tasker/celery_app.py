@@ -15,11 +15,13 @@ app.config_from_object("tasker.celeryconfig")
 
 # Imported for their side effect of connecting Celery signal receivers.
 from tasker import correlation, tracing, worker_process  # noqa: E402,F401
+from tasker.broker_loss import SurviveBrokerLoss  # noqa: E402
 from tasker.metrics import recording  # noqa: E402,F401
 from tasker.metrics.bootstep import DecodeErrorCounter, TaskerMetricsStep  # noqa: E402
 
 app.steps["worker"].add(TaskerMetricsStep)
 app.steps["consumer"].add(DecodeErrorCounter)
+app.steps["consumer"].add(SurviveBrokerLoss)
 
 __all__ = ["app"]
 

@@ -10,6 +10,7 @@ and close it in ``worker_process_shutdown`` (see :mod:`tasker.worker_process`).
 from __future__ import annotations
 
 import os
+import select
 import threading
 import time
 from collections.abc import Iterator
@@ -65,6 +66,32 @@ def current_observer() -> PoolObserver:
     return _observer
 
 
+def _check_pooled(conn: psycopg.Connection) -> None:
+    """The pool's ``check``: discard a pooled connection the server has already closed.
+
+    Why: after a PostgreSQL restart (or a backend terminated by an admin) every
+    idle pooled connection is dead, but psycopg only learns it on first use. So
+    each process's first checkouts after a restart failed: steps raised
+    DatabaseError and waited ``TASKER_RECOVERY_DEADLINE`` for the recovery
+    poller, and ``submit()`` was refused although the server was back. A server
+    that closes a session first sends an error (or EOF), which makes the idle
+    socket readable: only then is the connection checked with a round trip
+    (psycopg_pool's ``check_connection``); a quiet socket costs one ``poll()``.
+    Raising makes the pool throw the connection away and hand out another; it is
+    counted as ``connection_lost`` in ``tasker_db_pool_errors_total``.
+    """
+    try:
+        if conn.closed or conn.broken:
+            raise psycopg.OperationalError("the connection is closed")
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
+        if poller.poll(0):
+            ConnectionPool.check_connection(conn)
+    except Exception:
+        _observer.on_error("connection_lost")
+        raise
+
+
 def open_pool(settings: Settings | None = None, *, wait: bool = False) -> ConnectionPool:
     """Open this process's pool (idempotent); connections are made in the background."""
     global _pool, _pool_pid
@@ -78,6 +105,7 @@ def open_pool(settings: Settings | None = None, *, wait: bool = False) -> Connec
             min_size=settings.db_pool_min,
             max_size=settings.db_pool_max,
             timeout=POOL_TIMEOUT,
+            check=_check_pooled,
             kwargs={"connect_timeout": CONNECT_TIMEOUT, "application_name": "tasker"},
             open=False,
             name=f"tasker-{os.getpid()}",

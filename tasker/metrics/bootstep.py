@@ -21,6 +21,7 @@ from typing import Any
 
 from celery import bootsteps
 from celery.signals import worker_process_init, worker_process_shutdown
+from prometheus_client.mmap_dict import _INITIAL_MMAP_SIZE, MmapedDict
 
 from tasker import db
 from tasker.metrics import identity, recording
@@ -52,7 +53,46 @@ def _use_multiprocess_values(directory: str) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
     from prometheus_client import values
 
+    values.MmapedDict = AllocatedMmapedDict  # type: ignore[misc]
     values.ValueClass = values.MultiProcessValue(identity.process_identifier)
+
+
+class AllocatedMmapedDict(MmapedDict):
+    """prometheus_client's ``MmapedDict`` with its file's blocks allocated before use.
+
+    prometheus_client sizes its files with ``truncate()``, which leaves them
+    sparse. On a full file system (a size-limited tmpfs, the usual home of
+    the directory) the first write into an unallocated page of the map then
+    kills the process with SIGBUS: a pool process, or the MainProcess and so
+    the whole node. ``posix_fallocate`` first turns that into ``OSError``
+    (ENOSPC) when a file is opened or grown, which the callers handle.
+    """
+
+    def __init__(self, filename: str, read_mode: bool = False) -> None:
+        if not read_mode:
+            fd = os.open(filename, os.O_RDWR | os.O_CREAT, 0o666)
+            size = 0
+            try:
+                size = os.fstat(fd).st_size
+                os.posix_fallocate(fd, 0, max(size, _INITIAL_MMAP_SIZE))
+            except OSError:
+                if size == 0:  # created just now: leave no empty file behind
+                    os.unlink(filename)
+                raise
+            finally:
+                os.close(fd)
+        super().__init__(filename, read_mode)
+
+    def _init_value(self, key: str) -> None:
+        # The same sizes as MmapedDict._init_value, which grows by doubling.
+        length = len(key.encode("utf-8"))
+        needed = self._used + 4 + length + (8 - (length + 4) % 8) + 16
+        capacity = self._capacity
+        while needed > capacity:
+            capacity *= 2
+        if capacity > self._capacity:
+            os.posix_fallocate(self._f.fileno(), 0, capacity)
+        super()._init_value(key)
 
 
 def _worker_view(worker: Any) -> WorkerView:
@@ -93,6 +133,12 @@ def _worker_view(worker: Any) -> WorkerView:
                       broker_connected=broker_connected)
 
 
+#: Queue label of a message whose (exchange, routing key) matches no queue this node
+#: declares. A producer can put any routing key in a message, so the key itself is
+#: never used as a label: label values must stay bounded, in every process alike.
+UNMATCHED_QUEUE = "other"
+
+
 def _queue_resolver(app: Any) -> Any:
     """(exchange, routing key) -> the queue name a message was routed to."""
     cache: dict[tuple[str | None, str | None], str] = {}
@@ -101,7 +147,7 @@ def _queue_resolver(app: Any) -> Any:
         key = (exchange, routing_key)
         found = cache.get(key)
         if found is None:
-            found = routing_key or exchange or "unknown"
+            found = UNMATCHED_QUEUE
             for queue in app.amqp.queues.values():
                 if queue.routing_key == routing_key and (
                         not exchange or queue.exchange is None or queue.exchange.name == exchange):
@@ -151,6 +197,13 @@ class TaskerMetricsStep(bootsteps.StartStopStep):
             queue_names=_queue_resolver(app), directory=self.directory.path)
         recording.activate(recorder)
         _create_zero_series(recorder, app)
+        # Pool processes that stop recording because they cannot write their
+        # files are counted here, outside the directory (see recording.py).
+        recorder.stopped_processes = recording.SharedCount()
+        self._stopped_seen = 0
+        # Created now so that counting it later never needs space in the file.
+        self._stopped_errors = recorder.child(metrics.metrics_errors, recording.DIRECTORY_STAGE)
+        self.recorder = recorder
         # Pool processes inherit the observer through fork (see db.py).
         db.set_observer(PoolMetrics(recorder, self.settings.db_pool_max))
         self.node = _node
@@ -185,12 +238,22 @@ class TaskerMetricsStep(bootsteps.StartStopStep):
         next_report = time.monotonic() + interval if interval else None
         while not self._stop.wait(HOUSEKEEPING_INTERVAL):
             try:
+                self._count_stopped_processes()
                 self.node.sweep()
                 if next_report is not None and time.monotonic() >= next_report:
                     next_report += interval
                     self._report()
             except Exception:  # noqa: BLE001 - keep the thread alive
                 logger.exception("metrics.housekeeping_failed")
+
+    def _count_stopped_processes(self) -> None:
+        # Those pool processes cannot count themselves (their files are what
+        # failed); the MainProcess's own file already holds the series.
+        stopped = self.recorder.stopped_processes
+        seen = stopped.value if stopped is not None else 0
+        if seen > self._stopped_seen:
+            self._stopped_errors.inc(seen - self._stopped_seen)
+            self._stopped_seen = seen
 
     def _report(self) -> None:
         snap = self.node.snapshot()
@@ -290,15 +353,25 @@ def _pool_process_started(**_: Any) -> None:
     if recorder is None:
         return
     try:
+        # The first metric write after the fork: prometheus_client creates
+        # this process's files in the node's directory here.
+        recorder.child(recorder.metrics.tasks_active, recorder.worker).set(0)
+    except OSError as exc:  # the directory is unwritable or full
+        recording.stop_recording(recorder, exc)
+        return
+    except Exception:  # noqa: BLE001 - metrics must never stop a process from starting
+        logger.exception("metrics.process_init_failed")
+    try:
         # The marker tells the MainProcess this process existed, so that its
         # exit is counted even if it dies before a scrape ever saw it.
         with open(os.path.join(recorder.directory, PROC_MARKER + identity.process_identifier()),
                   "w"):
             pass
-        recorder.child(recorder.metrics.tasks_active, recorder.worker).set(0)
         observer = db.current_observer()
         if isinstance(observer, PoolMetrics):
             observer.process_started()
+    except OSError as exc:  # the directory broke since the files were made
+        recording.stop_recording(recorder, exc)
     except Exception:  # noqa: BLE001 - metrics must never stop a process from starting
         logger.exception("metrics.process_init_failed")
 

@@ -80,6 +80,9 @@ class Node:
         self.fleet = fleet
         self.main_pid = os.getpid()
         self._sweep_lock = threading.Lock()
+        # Exited processes whose markers could not be deleted (an unwritable
+        # directory): counted once, not again at every sweep.
+        self._counted: set[str] = set()
 
     # -- housekeeping (MainProcess, about once a second) -------------------
 
@@ -98,7 +101,7 @@ class Node:
             if not name.startswith(PROC_MARKER):
                 continue
             owner = name[len(PROC_MARKER):]
-            if identity.is_alive(owner):
+            if owner in self._counted or identity.is_alive(owner):
                 continue
             exit_path = os.path.join(self.directory, EXIT_MARKER + owner)
             try:
@@ -117,6 +120,10 @@ class Node:
                     os.unlink(path)
                 except FileNotFoundError:
                     pass
+                except OSError as exc:
+                    self._counted.add(owner)
+                    logger.debug("metrics.marker_delete_failed",
+                                 extra={"path": path, "reason": str(exc)})
 
     # -- readings ------------------------------------------------------------
 

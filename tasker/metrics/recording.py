@@ -13,12 +13,22 @@ Recording is inert until a worker node calls :func:`activate` (see
 :mod:`tasker.metrics.bootstep`), so publishers and tools that import tasker
 record nothing. Every receiver is wrapped so that a metrics failure is logged
 and counted and the task goes on.
+
+A pool process that cannot write its metric files (the node's directory is
+unwritable or full: ``OSError``) stops recording altogether
+(:func:`stop_recording`): every later update would fail again, once per task.
+The node logs that once, whichever process fails first, and counts such
+processes in ``tasker_metrics_errors_total{stage="directory"}``.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import mmap
+import multiprocessing
+import os
+import struct
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -40,7 +50,8 @@ from tasker.correlation import PUBLISHED_AT_HEADER
 from tasker.metrics.definitions import TaskMetrics
 from tasker.metrics.node_state import NodeState
 
-__all__ = ["activate", "deactivate", "Recorder", "UNREGISTERED", "MAX_EXCEPTION_LABELS"]
+__all__ = ["activate", "deactivate", "Recorder", "UNREGISTERED", "MAX_EXCEPTION_LABELS",
+           "SharedCount", "stop_recording", "DIRECTORY_STAGE"]
 
 logger = logging.getLogger("tasker.metrics")
 
@@ -48,6 +59,8 @@ logger = logging.getLogger("tasker.metrics")
 UNREGISTERED = "unregistered"
 #: Distinct exception class names per process before the rest become ``other``.
 MAX_EXCEPTION_LABELS = 50
+#: ``tasker_metrics_errors_total`` stage of processes that stopped recording.
+DIRECTORY_STAGE = "directory"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -87,6 +100,9 @@ class Recorder:
         self._series: dict[tuple[str, str | None, str | None], _TaskSeries] = {}
         self._exceptions: set[str] = set()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        #: Pool processes that stopped recording, node-wide (set by the worker node).
+        self.stopped_processes: SharedCount | None = None
+        self.main_pid = os.getpid()  # the node's MainProcess builds the recorder
 
     # Label helpers -------------------------------------------------------
 
@@ -200,6 +216,33 @@ class Recorder:
         self.child(self.metrics.rejected, reason).inc()
 
 
+class SharedCount:
+    """A counter shared by a MainProcess and every pool process it forks.
+
+    An anonymous shared map made before the pool forks: not a file in the
+    metrics directory, which may be the very thing that fails.
+    """
+
+    def __init__(self) -> None:
+        self._map = mmap.mmap(-1, 8)
+        self._lock = multiprocessing.get_context("fork").Lock()
+
+    def add(self) -> int | None:
+        """Add one; the new value, or None if the lock could not be had quickly."""
+        if not self._lock.acquire(timeout=1.0):  # a holder was killed mid-update
+            return None
+        try:
+            value = struct.unpack_from("<q", self._map)[0] + 1
+            struct.pack_into("<q", self._map, 0, value)
+            return value
+        finally:
+            self._lock.release()
+
+    @property
+    def value(self) -> int:
+        return struct.unpack_from("<q", self._map)[0]
+
+
 _recorder: Recorder | None = None
 
 
@@ -216,6 +259,36 @@ def deactivate() -> None:
 
 def current() -> Recorder | None:
     return _recorder
+
+
+def stop_recording(recorder: Recorder, exc: OSError) -> None:
+    """This process cannot write its metric files: run its tasks without metrics.
+
+    Every later update would raise again: in each task's receivers (one error
+    per task) and in code that is not guarded (the database pool observer,
+    workflow steps). So recording stops in this process only; the first
+    process of the node to stop logs one error naming the directory.
+    """
+    from tasker import db
+
+    if os.getpid() == recorder.main_pid:
+        # The MainProcess serves the node's scrape and forks every pool
+        # process: it never stops recording; this failure counts as any other.
+        _count_own_failure(recorder, DIRECTORY_STAGE, exc)
+        return
+    try:  # best effort: a task this process counted as running is not left "active"
+        recorder.child(recorder.metrics.tasks_active, recorder.worker).set(0)
+    except Exception:  # noqa: BLE001 - its gauge file may be the one that failed
+        pass
+    deactivate()
+    db.set_observer(db.PoolObserver())
+    stopped = recorder.stopped_processes
+    count = stopped.add() if stopped is not None else 1
+    (logger.error if count == 1 else logger.debug)("metrics.directory_unwritable", extra={
+        "directory": recorder.directory, "reason": str(exc),
+        "effect": "pool processes that cannot write their metric files run their tasks "
+                  "without recording metrics; counted in "
+                  f'tasker_metrics_errors_total{{stage="{DIRECTORY_STAGE}"}}'})
 
 
 def _published_at(request: Any) -> float | None:
@@ -252,6 +325,8 @@ def _guarded(stage: str) -> Callable[[F], F]:
                 return
             try:
                 fn(recorder, *args, **kwargs)
+            except OSError as exc:  # the directory: unwritable or full
+                stop_recording(recorder, exc)
             except Exception as exc:  # noqa: BLE001 - metrics must never fail a task
                 _count_own_failure(recorder, stage, exc)
 

@@ -130,6 +130,9 @@ class MetricStore:
         self._files: dict[str, _FileState] = {}
         self._archive: dict[int, float] = defaultdict(float)
         self._warned: set[str] = set()
+        # Files folded into the archive that could not be deleted (an unwritable
+        # directory): skipped from then on, so never folded (counted) twice.
+        self._folded: set[str] = set()
 
     # -- public -----------------------------------------------------------
 
@@ -179,7 +182,7 @@ class MetricStore:
         seen: set[str] = set()
         for entry in entries:
             name = entry.name
-            if not name.endswith(".db"):
+            if not name.endswith(".db") or name in self._folded:
                 continue
             parsed = _parse_filename(name)
             if parsed is None:
@@ -197,6 +200,8 @@ class MetricStore:
                 dead[owner].append(name)
         for gone in set(self._files) - seen:  # deleted by someone else
             del self._files[gone]
+        if self._folded:
+            self._folded.intersection_update(entry.name for entry in entries)
         return live, dict(dead)
 
     def _fold(self, names: list[str]) -> None:
@@ -215,6 +220,7 @@ class MetricStore:
             except FileNotFoundError:
                 pass
             except OSError as exc:
+                self._folded.add(name)
                 self._warn_once(name, "metrics.file_delete_failed", exc)
 
     def _values(self, name: str, state: _FileState) -> tuple[float, ...] | None:

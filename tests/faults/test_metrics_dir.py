@@ -1,0 +1,348 @@
+"""The node's multiprocess directory becomes unwritable or full while the node runs.
+
+With ``--max-tasks-per-child`` (1 or 2) new pool processes keep starting, and
+each must create new metric files. When it cannot, the task still runs, the node
+logs one error naming the directory (not one per task or per process),
+``/metrics`` keeps answering, and nothing the node already counted is lost or
+counted twice.
+
+How the fault is made (the tests run as root in CI, where ``chmod`` stops
+nothing):
+
+* unwritable: ``chmod 0o500`` for an ordinary user; as root, ``chattr +i``
+  (an immutable directory refuses new entries even to root, while the files
+  already in it stay writable: exactly "no new files");
+* full: a small tmpfs mounted on the directory and then filled (needs
+  ``CAP_SYS_ADMIN``; skipped without it). The in-process test below makes the
+  allocation fail with ENOSPC instead, and runs everywhere.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import subprocess
+import threading
+import time
+import types
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import WorkerNode, http_get, total, wait_for
+
+CONCURRENCY = 2
+BEFORE, DURING = 5, 20
+
+
+def _can_create(directory: Path) -> bool:
+    probe = directory / "probe"
+    try:
+        probe.touch()
+    except OSError:
+        return False
+    probe.unlink()
+    return True
+
+
+@contextmanager
+def _unwritable(directory: Path) -> Iterator[str]:
+    """Make ``directory`` refuse new files; yields how."""
+    if os.geteuid() != 0:
+        os.chmod(directory, 0o500)
+        try:
+            yield "chmod 0o500"
+        finally:
+            os.chmod(directory, 0o700)
+        return
+    if shutil.which("chattr") is None:
+        pytest.skip("running as root without chattr: cannot make a directory unwritable")
+    made = subprocess.run(["chattr", "+i", str(directory)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"chattr +i is not supported here: {made.stderr.strip()}")
+    try:
+        yield "chattr +i"
+    finally:
+        subprocess.run(["chattr", "-i", str(directory)], check=True)
+
+
+@contextmanager
+def _tmpfs(directory: Path, size: str) -> Iterator[None]:
+    directory.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs",
+                              str(directory)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}); "
+                    "test_allocation_failure_stops_recording_once covers ENOSPC")
+    try:
+        yield
+    finally:
+        if subprocess.run(["umount", str(directory)]).returncode != 0:
+            subprocess.run(["umount", "-l", str(directory)], check=True)
+
+
+def _fill(directory: Path) -> None:
+    """Write into ``directory`` until the file system is full."""
+    chunk = b"\0" * 4096
+    try:
+        # Unbuffered: nothing is left to flush (and fail) at close.
+        with open(directory / f"filler-{time.monotonic_ns()}", "ab", buffering=0) as f:
+            while True:
+                f.write(chunk)
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC, exc
+
+
+def _succeeded(node: WorkerNode) -> Counter[str]:
+    return Counter(e["task_id"] for e in node.log_events() if e.get("event") == "task.succeeded")
+
+
+def _publish(app: Any, queue: str, n: int) -> list[str]:
+    return [app.send_task("diagnostics.noop", queue=queue).id for _ in range(n)]
+
+
+def _wait_succeeded(node: WorkerNode, ids: list[str], during: Callable[[], None]) -> None:
+    def done() -> bool:
+        assert node.proc is not None and node.proc.poll() is None, (
+            f"the node died:\n{node.log()[-3000:]}")
+        during()
+        return all(_succeeded(node)[i] for i in ids)
+    wait_for(done, timeout=90, interval=0.5, message=f"{len(ids)} tasks succeeded")
+
+
+def _answers(node: WorkerNode) -> None:
+    """/metrics and /metrics.json answer (checked while the directory is broken)."""
+    for path in ("/metrics", "/metrics.json"):
+        status, _, body = http_get(f"{node.url}{path}")
+        assert status == 200, (path, status, body[:300])
+
+
+def _levels(node: WorkerNode, *levels: str) -> list[dict[str, Any]]:
+    return [e for e in node.log_events() if e.get("level") in levels]
+
+
+def _check_one_error(node: WorkerNode, directory: Path, reason: str) -> None:
+    errors = _levels(node, "ERROR", "CRITICAL")
+    assert [e["event"] for e in errors] == ["metrics.directory_unwritable"], errors
+    assert errors[0]["directory"] == str(directory)
+    assert reason in errors[0]["reason"], errors[0]
+    # Warnings about processes that were running when the directory broke
+    # (their files cannot be deleted, their exit markers not written) are
+    # bounded by the pool size, never one per task.
+    warnings = _levels(node, "WARNING")
+    assert len(warnings) <= 4 * CONCURRENCY, Counter(e["event"] for e in warnings)
+    assert "signal 7" not in node.log() and "SIGBUS" not in node.log()
+
+
+def _stable_counters(node: WorkerNode) -> dict:
+    """Counters read over three housekeeping sweeps: they must not move by themselves."""
+    first = node.scrape()
+    for _ in range(3):
+        time.sleep(1.2)
+        again = node.scrape()
+        for name in ("tasker_tasks_succeeded_total", "tasker_tasks_received_total",
+                     "tasker_task_runtime_seconds_count", "tasker_worker_process_exits_total"):
+            assert total(again, name) == total(first, name), name
+    return first
+
+
+@pytest.mark.timeout(180)  # 10-25 s
+def test_unwritable_directory_one_error_tasks_go_on(start_node, app, tmp_path: Path) -> None:
+    directory = tmp_path / "metrics"
+    # Two tasks per process, not one: BEFORE is odd, so a process that has
+    # recorded a run is still alive when the directory breaks. Its files then
+    # cannot be deleted after it exits, and must not be folded in twice.
+    max_tasks = 2
+    node = start_node(env={"PROMETHEUS_MULTIPROC_DIR": str(directory)},
+                      concurrency=CONCURRENCY, extra_args=[f"--max-tasks-per-child={max_tasks}"])
+    assert node.directory() == directory
+    before = _publish(app, node.queue, BEFORE)
+    wait_for(lambda: node.snapshot()["total_runs"] == BEFORE, timeout=60,
+             message=f"{BEFORE} recorded runs")
+
+    def settled() -> bool:  # only the live pool's files: recycled ones are swept away
+        owners = {p.name.rsplit("_", 1)[1][:-3] for p in directory.glob("*.db")}
+        return (len(list(directory.glob("proc_*"))) == CONCURRENCY
+                and not list(directory.glob("exit_*")) and len(owners) == CONCURRENCY + 1)
+    wait_for(settled, timeout=30, message="the pool refilled and the directory swept")
+    s_before = node.scrape()
+
+    with _unwritable(directory) as how:
+        assert not _can_create(directory), f"{how} did not make {directory} unwritable"
+        during = _publish(app, node.queue, DURING)
+        _wait_succeeded(node, during, lambda: _answers(node))
+        assert node.proc.poll() is None, node.log()[-3000:]
+        wait_for(lambda: total(node.scrape(), "tasker_metrics_errors_total",
+                               stage="directory") >= 1,
+                 timeout=30, message="processes that stopped recording counted")
+        s_during = _stable_counters(node)
+        _check_one_error(node, directory, "Operation not permitted" if how == "chattr +i"
+                         else "Permission denied")
+
+    # Nothing lost, nothing counted twice.
+    ids = before + during
+    assert sorted(_succeeded(node).elements()) == sorted(ids)
+    received = Counter(e["task_id"] for e in node.log_events() if e.get("event") == "task.received")
+    assert sorted(received.elements()) == sorted(ids)
+    # The MainProcess's own file was there before: it still counts every task.
+    assert total(s_during, "tasker_tasks_received_total") == BEFORE + DURING
+    # Runs of processes that could not record are missing, never invented.
+    recorded = total(s_during, "tasker_tasks_succeeded_total")
+    assert total(s_before, "tasker_tasks_succeeded_total") == BEFORE <= recorded < BEFORE + DURING
+    for (name, labels), value in s_before.items():
+        if name.endswith("_total") or name.endswith("_count"):
+            assert s_during.get((name, labels), 0) >= value, (name, labels)
+    assert total(s_during, "tasker_worker_tasks_active") == 0
+    assert all(v >= 0 for v in s_during.values())
+
+    # Writable again: processes started from now on record again (those
+    # started while it was not run their remaining tasks unrecorded).
+    unrecorded = max_tasks * CONCURRENCY
+    after = _publish(app, node.queue, 2 * unrecorded)
+    _wait_succeeded(node, after, lambda: None)
+    wait_for(lambda: total(node.scrape(), "tasker_tasks_succeeded_total")
+             >= recorded + unrecorded, timeout=30, message="recording resumed")
+    assert len(_levels(node, "ERROR", "CRITICAL")) == 1
+
+
+@pytest.mark.timeout(180)  # 10-25 s
+def test_full_directory_one_error_no_crash(start_node, app, tmp_path: Path) -> None:
+    directory = tmp_path / "metrics"
+    with _tmpfs(directory, "4m"):
+        node = start_node(env={"PROMETHEUS_MULTIPROC_DIR": str(directory)},
+                          concurrency=CONCURRENCY, extra_args=["--max-tasks-per-child=1"])
+        try:
+            before = _publish(app, node.queue, BEFORE)
+            wait_for(lambda: node.snapshot()["total_runs"] == BEFORE, timeout=60,
+                     message=f"{BEFORE} recorded runs")
+            s_before = node.scrape()
+            # Keep it full: the node frees the files of exited processes.
+            stop = threading.Event()
+
+            def keep_full() -> None:
+                while not stop.is_set():
+                    _fill(directory)
+                    stop.wait(0.05)
+            _fill(directory)
+            filler = threading.Thread(target=keep_full, daemon=True)
+            filler.start()
+            try:
+                during = _publish(app, node.queue, DURING)
+                _wait_succeeded(node, during, lambda: _answers(node))
+                assert node.proc.poll() is None, node.log()[-3000:]
+                wait_for(lambda: total(node.scrape(), "tasker_metrics_errors_total",
+                                       stage="directory") >= 1,
+                         timeout=30, message="processes that stopped recording counted")
+            finally:
+                stop.set()
+                filler.join(timeout=10)
+            s_during = node.scrape()
+            errors = _levels(node, "ERROR", "CRITICAL")
+            assert [e["event"] for e in errors] == ["metrics.directory_unwritable"], errors
+            assert errors[0]["directory"] == str(directory)
+            assert "No space left on device" in errors[0]["reason"]
+            log = node.log()
+            assert "signal 7" not in log and "SIGBUS" not in log, log[-3000:]
+            ids = before + during
+            assert sorted(_succeeded(node).elements()) == sorted(ids)
+            assert total(s_during, "tasker_tasks_received_total") == BEFORE + DURING
+            assert BEFORE <= total(s_during, "tasker_tasks_succeeded_total") <= BEFORE + DURING
+            for (name, labels), value in s_before.items():
+                if name.endswith("_total") or name.endswith("_count"):
+                    assert s_during.get((name, labels), 0) >= value, (name, labels)
+            assert all(v >= 0 for v in s_during.values())
+        finally:
+            node.stop()  # before the unmount: the node's files are open on it
+
+
+def test_allocation_failure_stops_recording_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """In-process: a "pool process" whose metric files cannot get space (ENOSPC).
+
+    The process identity is injected (as prometheus_client's own tests do), so
+    changing it is a fork as far as prometheus_client can tell.
+    """
+    from prometheus_client import values
+
+    from tasker import db
+    from tasker.metrics import bootstep, recording
+    from tasker.metrics.definitions import create_metrics
+    from tasker.metrics.node_state import NodeState
+
+    for name in ("ValueClass", "MmapedDict"):
+        monkeypatch.setattr(values, name, getattr(values, name))  # restored afterwards
+    monkeypatch.setattr(db, "_observer", db.current_observer())
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    bootstep._use_multiprocess_values(str(tmp_path))  # installs AllocatedMmapedDict
+    process = ["1000-1"]
+    values.ValueClass = values.MultiProcessValue(lambda: process[0])
+
+    # The "MainProcess": its files are made while there is space.
+    metrics = create_metrics()
+    state = NodeState.create(str(tmp_path / "node_state.bin"), 60, 0.1, time.time())
+    recorder = recording.Recorder(metrics, state, "w@h",
+                                  known_tasks=lambda: {"diagnostics.noop": None},
+                                  queue_names=lambda exchange, key: key or "q",
+                                  directory=str(tmp_path))
+    recorder.stopped_processes = recording.SharedCount()
+    recorder.child(metrics.received, "diagnostics.noop", "q").inc()
+    recorder.main_pid = -1  # from here on this process plays the pool processes
+    main_files = sorted(p.name for p in tmp_path.glob("*.db"))
+    assert main_files
+
+    def no_space(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    task = types.SimpleNamespace(name="diagnostics.noop", request=types.SimpleNamespace(
+        id="t1", delivery_info={"exchange": "", "routing_key": "q"}, eta=None))
+    recording.activate(recorder)
+    try:
+        monkeypatch.setattr(os, "posix_fallocate", no_space)
+        caplog.set_level(logging.DEBUG, logger="tasker.metrics")
+        # Pool process 1 starts: its files get no space at worker_process_init.
+        process[0] = "1001-1"
+        bootstep._pool_process_started()
+        assert recording.current() is None  # recording stopped in this process
+        assert type(db.current_observer()) is db.PoolObserver
+        # Its task runs: the receivers do nothing, and raise nothing.
+        recording._on_prerun(sender=task, task_id="t1", task=task)
+        recording._on_success(sender=task)
+        recording._on_postrun(sender=task, task_id="t1", task=task)
+
+        # Pool process 2 passed its start, then fails in a task's receiver.
+        process[0] = "1002-1"
+        recording.activate(recorder)
+        recording._on_prerun(sender=task, task_id="t2", task=task)  # must not raise
+        assert recording.current() is None
+        recording._on_postrun(sender=task, task_id="t2", task=task)
+    finally:
+        recording.deactivate()
+
+    records = [r for r in caplog.records if r.getMessage() == "metrics.directory_unwritable"]
+    assert [r.levelno for r in records] == [logging.ERROR, logging.DEBUG]
+    assert records[0].directory == str(tmp_path)
+    assert "No space left on device" in records[0].reason
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR and r not in records]
+    assert recorder.stopped_processes.value == 2
+    # No empty files were left behind for the processes that got no space.
+    assert sorted(p.name for p in tmp_path.glob("*.db")) == main_files
+
+    # The MainProcess (which forks every pool process) never stops recording:
+    # its failure is logged and counted like any other.
+    recorder.main_pid = os.getpid()
+    process[0] = "1003-1"
+    request = types.SimpleNamespace(name="diagnostics.noop",
+                                    delivery_info={"exchange": "", "routing_key": "q"})
+    recording.activate(recorder)
+    try:
+        recording._on_received(sender=None, request=request)  # must not raise
+        assert recording.current() is recorder
+    finally:
+        recording.deactivate()
+    assert [r for r in caplog.records if r.getMessage() == "metrics.record_failed"
+            and getattr(r, "stage", None) == recording.DIRECTORY_STAGE]
