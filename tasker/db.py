@@ -23,7 +23,7 @@ from tasker.redact import redact_text
 from tasker.settings import Settings, get_settings
 
 __all__ = ["connection", "open_pool", "close_pool", "current_pool", "DatabaseError", "PoolObserver",
-           "set_observer", "current_observer"]
+           "set_observer", "current_observer", "check_reachable"]
 
 #: Seconds a caller waits for a pooled connection before ``PoolTimeout``.
 POOL_TIMEOUT = 30.0
@@ -116,6 +116,24 @@ def open_pool(settings: Settings | None = None, *, wait: bool = False) -> Connec
         pool.wait(timeout=CONNECT_TIMEOUT)
     _observer.on_change(pool)
     return pool
+
+
+def check_reachable(settings: Settings | None = None) -> None:
+    """One direct connection attempt (``CONNECT_TIMEOUT``): for one-shot commands.
+
+    A command run by hand should say at once why the database cannot be
+    reached, not wait out the pool's timeout while the pool retries quietly.
+
+    Raises:
+        DatabaseError: the server's or the network's reason, without the password.
+    """
+    settings = settings or get_settings()
+    try:
+        psycopg.connect(settings.database_url, connect_timeout=CONNECT_TIMEOUT,
+                        application_name="tasker").close()
+    except psycopg.Error as exc:
+        reason = " ".join(str(exc).split())  # libpq's message spans lines
+        raise DatabaseError(redact_text(f"database unreachable: {reason}")) from None
 
 
 def current_pool() -> ConnectionPool | None:

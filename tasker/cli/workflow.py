@@ -25,7 +25,7 @@ def register(sub: Any) -> None:
 
 def run_submit(args: argparse.Namespace) -> int:
     from tasker.db import DatabaseError
-    from tasker.workflows.definition import ContextError, UnknownWorkflowError
+    from tasker.workflows.definition import ContextError, UnknownWorkflowError, get_workflow
     from tasker.workflows.engine import submit
 
     try:
@@ -34,6 +34,10 @@ def run_submit(args: argparse.Namespace) -> int:
         print(f"tasker submit: --context is not JSON: {exc}", file=sys.stderr)
         return 2
     try:
+        from tasker.db import check_reachable
+
+        get_workflow(args.workflow)  # an unknown workflow is reported before the database
+        check_reachable()
         submission = submit(args.workflow, context, parent_correlation_id=args.parent)
     except (UnknownWorkflowError, ContextError, ValueError) as exc:
         print(f"tasker submit: {exc.args[0] if exc.args else exc}", file=sys.stderr)
@@ -61,6 +65,8 @@ def _load(ident: str) -> list[dict[str, Any]]:
     from tasker import db
     from tasker.workflows import records
 
+    if db.current_pool() is None:
+        db.check_reachable()
     with db.connection() as conn:
         tasks = records.find_tasks(conn, ident)
         for task in tasks:

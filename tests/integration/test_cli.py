@@ -63,6 +63,20 @@ def test_migrate_with_unreachable_database_is_one_clear_redacted_error():
     assert "cannot connect" in result.stderr
 
 
+@pytest.mark.parametrize("args", [
+    ("status", "0190f0f0-0000-7000-8000-000000000000"),
+    ("submit", "linear.sequence", "--context", '{"n": 1}'),
+], ids=["status", "submit"])
+def test_workflow_commands_with_unreachable_database_fail_at_once(args):
+    # The deadline is below the pool's 30 s timeout: waiting it out would fail here.
+    result = _tasker(*args, env={"TASKER_DATABASE_URL": "postgresql://u:pw-secret@127.0.0.1:1/x"},
+                     timeout=20)
+    assert result.returncode == 1
+    assert "pw-secret" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "database unreachable" in lines[0], result.stderr
+
+
 def test_load_publishes_the_mix(redis_client):
     queue = f"{SESSION}-load-{uuid.uuid4().hex[:6]}"
     result = _tasker("load", "--count", "30", "--mix", "noop=8,sleep:0.01=1,fail=1",
