@@ -59,8 +59,11 @@ def wait_finished(worker: common.Worker, expected: int, timeout: float) -> None:
     last_report = time.monotonic()
     while True:
         assert worker.metrics_port is not None
-        _, samples = scrape(worker.metrics_port)
-        done = sum(finished(samples))
+        try:
+            _, samples = scrape(worker.metrics_port)
+            done = sum(finished(samples))
+        except OSError:  # the node is still starting: its endpoint is not up yet
+            done = 0
         if done >= expected:
             return
         if not worker.running():

@@ -97,8 +97,9 @@ def test_sigkill_of_a_pool_process_while_it_runs_a_task(start_node, app):
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_recycling_every_task_keeps_files_bounded_and_totals_exact(start_node, app):
-    # Celery replaces a recycled process about 5 times a second whatever the
-    # pool size (bare Celery measured the same), so this test takes minutes.
+    # Celery replaces recycled processes one at a time, each after a full
+    # gc.collect(): about 20 a second once tasker has frozen the startup heap
+    # (5-7 before, bare Celery too; see tasker/worker_process.py).
     node = start_node(concurrency=4, extra_args=["--max-tasks-per-child=1"])
     directory = node.directory()
 
