@@ -52,16 +52,26 @@ def identity_of(pid: int) -> str | None:
 
 
 def process_identifier() -> str:
-    """This process's identifier; cheap after the first call in each process.
+    """This process's identifier; a cached string after the first call in each process.
 
-    prometheus_client calls it on every metric update to notice a fork.
+    prometheus_client calls it on every metric update to notice a fork (several
+    times per task), so it must not make a system call: the cache is cleared in
+    the child at every fork instead of comparing ``os.getpid()`` each time.
     """
     global _cached_pid, _cached_identity
-    pid = os.getpid()
-    if pid != _cached_pid:
+    if _cached_pid < 0:
+        pid = os.getpid()
         _cached_identity = identity_of(pid) or str(pid)
         _cached_pid = pid
     return _cached_identity
+
+
+def _forget_after_fork() -> None:
+    global _cached_pid
+    _cached_pid = -1
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def parse_identifier(identity: str) -> int | None:

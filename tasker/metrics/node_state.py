@@ -44,6 +44,18 @@ class NodeStateReading:
     last_run_time: float | None
 
 
+#: Forks this process descends through; each process's handle notes the value it opened at.
+_forks_seen = 0
+
+
+def _count_fork() -> None:
+    global _forks_seen
+    _forks_seen += 1
+
+
+os.register_at_fork(after_in_child=_count_fork)
+
+
 def _none_if_nan(value: float) -> float | None:
     return None if math.isnan(value) else value
 
@@ -74,7 +86,7 @@ class NodeState:
 
     def _open(self) -> None:
         self._fd = os.open(self.path, os.O_RDWR)
-        self._pid = os.getpid()
+        self._forks = _forks_seen
         size = os.fstat(self._fd).st_size
         # Check before mapping: a short or foreign file must be a ValueError, not
         # a TypeError from ``cast`` or an IndexError at the first record.
@@ -96,7 +108,8 @@ class NodeState:
     def _ensure_own_fd(self) -> None:
         # An flock belongs to an open file description, which fork shares:
         # each process needs its own for the lock to exclude the others.
-        if self._pid != os.getpid():
+        # (A fork counter, not os.getpid(): this runs for every task.)
+        if self._forks != _forks_seen:
             self.close()  # the inherited descriptor and map; the parent keeps its own
             self._open()
 

@@ -431,3 +431,23 @@ def test_sum_of_by_label_and_processes_where(fleet: Fleet) -> None:
     assert reading.processes_where("tt_memory_bytes", lambda v: v >= 200) == 2
     assert reading.processes_where("tt_tasks_total", lambda v: True) == 0  # not a gauge
     assert not math.isnan(reading.sum_of("tt_memory_bytes"))
+
+
+def test_process_identifier_is_renewed_in_a_forked_child() -> None:
+    import os
+
+    from tasker.metrics import identity
+
+    parent = identity.process_identifier()
+    assert parent == identity.identity_of(os.getpid())
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its identifier, then leave without cleanup
+        os.write(write_end, identity.process_identifier().encode())
+        os._exit(0)
+    os.close(write_end)
+    child = os.read(read_end, 200).decode()
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    assert child != parent and child.startswith(f"{pid}-")
+    assert identity.process_identifier() == parent
