@@ -26,21 +26,17 @@ from typing import Any
 import psycopg
 import pytest
 from support import exited, total, wait_for
+from workflow_support import (
+    SHAPES,
+    assert_complete_with_answers,
+    assert_no_step_applied_twice,
+    task_records,
+)
 
-SHAPES = ("linear.sequence", "diamond.fan_out_in", "tree.fan_out_twice", "mixed.converging")
-FINAL_STEP = {"linear.sequence": "square", "diamond.fan_out_in": "join",
-              "tree.fan_out_twice": "merge", "mixed.converging": "g"}
 #: Seconds before the recovery poller re-dispatches a step that has not started.
 RECOVERY_DEADLINE = 4
 #: kombu's Redis transport keeps delivered, not yet acknowledged messages here.
 UNACKED, UNACKED_INDEX = "unacked", "unacked_index"
-
-
-def _expected(workflow: str, n: int) -> int:
-    from workers import diamond, linear, mixed, tree
-
-    module = {"linear": linear, "diamond": diamond, "tree": tree, "mixed": mixed}
-    return module[workflow.split(".")[0]].expected(n)
 
 
 @pytest.fixture
@@ -104,15 +100,8 @@ def _queue_depth(redis_client: Any, queue: str) -> int:
                if redis_client.type(key) == b"list")
 
 
-def _tasks(database_url: str, uuids: list[str]) -> dict[str, tuple]:
-    with psycopg.connect(database_url) as conn:
-        rows = conn.execute("SELECT uuid::text, namespace || '.' || name, state, results"
-                            " FROM tasker_tasks WHERE uuid = ANY(%s::uuid[])", [uuids]).fetchall()
-    return {r[0]: r[1:] for r in rows}
-
-
 def _all_finished(database_url: str, uuids: list[str]) -> bool:
-    tasks = _tasks(database_url, uuids)
+    tasks = task_records(database_url, uuids)
     return len(tasks) == len(uuids) and all(t[1] in ("complete", "error")
                                             for t in tasks.values())
 
@@ -198,18 +187,9 @@ def test_sigkill_of_a_whole_node_under_load_loses_nothing_and_restart_starts_cle
         stranded = _unacked(redis_client, step_queue)
 
         # -- every request complete, every step's effects exactly once ----------
-        tasks = _tasks(database_url, uuids)
-        for task_uuid, workflow, n in submitted:
-            name, state, results = tasks[task_uuid]
-            assert (name, state) == (workflow, "complete"), (task_uuid, name, state)
-            if n is not None:
-                assert results[FINAL_STEP[workflow]]["value"] == _expected(workflow, n)
+        assert_complete_with_answers(database_url, submitted)
+        assert_no_step_applied_twice(database_url, uuids)
         with psycopg.connect(database_url) as conn:
-            dupes = conn.execute(
-                "SELECT task_uuid, step, count(*) FROM tasker_workflow_ledger"
-                " WHERE task_uuid = ANY(%s::uuid[]) GROUP BY 1, 2 HAVING count(*) <> 1",
-                [uuids]).fetchall()
-            assert not dupes, dupes
             # Steps that write a ledger row: all but diagnostics.slow's "after".
             steps, ledger = conn.execute(
                 "SELECT (SELECT count(*) FROM tasker_steps s JOIN tasker_tasks t"

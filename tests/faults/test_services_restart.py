@@ -37,6 +37,13 @@ import psycopg
 import pytest
 import redis
 from support import REPO, SESSION, WorkerNode, http_get, total, wait_for
+from workflow_support import (
+    SHAPES,
+    STEPS,
+    assert_complete_with_answers,
+    assert_no_step_applied_twice,
+    task_records,
+)
 
 from tasker.embedded import EmbeddedPostgres, EmbeddedRedis
 
@@ -262,20 +269,6 @@ def test_redis_restart_under_load(private_redis: EmbeddedRedis,
 
 # --------------------------------------------------------------------------- PostgreSQL
 
-SHAPES = ("linear.sequence", "diamond.fan_out_in", "tree.fan_out_twice", "mixed.converging")
-STEPS = {"linear.sequence": 4, "diamond.fan_out_in": 4, "tree.fan_out_twice": 8,
-         "mixed.converging": 7, "diagnostics.slow": 2}
-FINAL_STEP = {"linear.sequence": "square", "diamond.fan_out_in": "join",
-              "tree.fan_out_twice": "merge", "mixed.converging": "g"}
-
-
-def _expected(workflow: str, n: int) -> int:
-    from workers import diamond, linear, mixed, tree
-
-    module = {"linear": linear, "diamond": diamond, "tree": tree, "mixed": mixed}
-    return module[workflow.split(".")[0]].expected(n)
-
-
 @pytest.fixture
 def private_postgres() -> Iterator[EmbeddedPostgres]:
     """A private cluster; under root it runs as ``postgres``, so its dir must be reachable."""
@@ -313,16 +306,9 @@ def private_database(private_postgres: EmbeddedPostgres, queue_name: str,
         reset_settings()
 
 
-def _tasks(url: str, uuids: list[str]) -> dict[str, tuple]:
-    with psycopg.connect(url) as conn:
-        rows = conn.execute("SELECT uuid::text, namespace || '.' || name, state, results"
-                            " FROM tasker_tasks WHERE uuid = ANY(%s::uuid[])", [uuids]).fetchall()
-    return {r[0]: r[1:] for r in rows}
-
-
 def _finished(url: str, uuids: list[str]) -> int:
     try:
-        return sum(t[1] in ("complete", "error") for t in _tasks(url, uuids).values())
+        return sum(t[1] in ("complete", "error") for t in task_records(url, uuids).values())
     except psycopg.OperationalError:
         return 0
 
@@ -403,21 +389,11 @@ def test_postgres_restart_under_load(start_node: Callable[..., WorkerNode],
         beat_log.close()
 
     # -- every request complete with the right answer.
-    tasks = _tasks(url, uuids)
-    assert len(tasks) == len(submitted)
-    for task_uuid, workflow, n in submitted:
-        name, state, results = tasks[task_uuid]
-        assert (name, state) == (workflow, "complete"), (task_uuid, name, state)
-        if n is not None:
-            assert results[FINAL_STEP[workflow]]["value"] == _expected(workflow, n)
+    assert_complete_with_answers(url, submitted)
 
     # -- nothing applied twice: one ledger row per step that writes one, one attempt each.
+    assert_no_step_applied_twice(url, uuids)
     with psycopg.connect(url) as conn:
-        dupes = conn.execute(
-            "SELECT task_uuid, step, count(*) FROM tasker_workflow_ledger"
-            " WHERE task_uuid = ANY(%s::uuid[]) GROUP BY 1, 2 HAVING count(*) <> 1",
-            [uuids]).fetchall()
-        assert not dupes, dupes
         ledger = conn.execute("SELECT count(*) FROM tasker_workflow_ledger"
                               " WHERE task_uuid = ANY(%s::uuid[])", [uuids]).fetchone()[0]
         # diagnostics.slow's "after" step writes no ledger row.

@@ -12,27 +12,12 @@ import time
 import psycopg
 import pytest
 from support import REPO, busy_child, total, wait_for
-
-SHAPES = ("linear.sequence", "diamond.fan_out_in", "tree.fan_out_twice", "mixed.converging")
-
-
-def _expected(workflow: str, n: int) -> int:
-    from workers import diamond, linear, mixed, tree
-
-    module = {"linear": linear, "diamond": diamond, "tree": tree, "mixed": mixed}
-    return module[workflow.split(".")[0]].expected(n)
-
-
-def _final_step(workflow: str) -> str:
-    return {"linear.sequence": "square", "diamond.fan_out_in": "join",
-            "tree.fan_out_twice": "merge", "mixed.converging": "g"}[workflow]
-
-
-def _tasks(database_url: str, uuids: list[str]) -> dict[str, tuple]:
-    with psycopg.connect(database_url) as conn:
-        rows = conn.execute("SELECT uuid::text, namespace || '.' || name, state, results"
-                            " FROM tasker_tasks WHERE uuid = ANY(%s::uuid[])", [uuids]).fetchall()
-    return {r[0]: r[1:] for r in rows}
+from workflow_support import (
+    SHAPES,
+    assert_complete_with_answers,
+    assert_no_step_applied_twice,
+)
+from workflow_support import task_records as _tasks
 
 
 def _all_finished(database_url: str, uuids: list[str]) -> bool:
@@ -40,13 +25,9 @@ def _all_finished(database_url: str, uuids: list[str]) -> bool:
 
 
 def _check_exactly_once(database_url: str, uuids: list[str]) -> None:
+    # Every step committed exactly one ledger row and ran one attempt.
+    assert_no_step_applied_twice(database_url, uuids)
     with psycopg.connect(database_url) as conn:
-        # Every step committed exactly one ledger row and ran one attempt.
-        dupes = conn.execute(
-            "SELECT task_uuid, step, count(*) FROM tasker_workflow_ledger"
-            " WHERE task_uuid = ANY(%s::uuid[]) GROUP BY 1, 2 HAVING count(*) <> 1",
-            [uuids]).fetchall()
-        assert not dupes, dupes
         steps, ledger = conn.execute(
             "SELECT (SELECT count(*) FROM tasker_steps WHERE task_uuid = ANY(%s::uuid[])),"
             " (SELECT count(*) FROM tasker_workflow_ledger WHERE task_uuid = ANY(%s::uuid[]))",
@@ -89,11 +70,7 @@ def test_fifty_requests_across_four_shapes_complete_exactly_once(start_node, ste
     uuids = [u for u, _, _ in submitted]
     wait_for(lambda: _all_finished(database_url, uuids), timeout=120, interval=0.5,
              message="50 requests finished")
-    tasks = _tasks(database_url, uuids)
-    for task_uuid, workflow, n in submitted:
-        name, state, results = tasks[task_uuid]
-        assert (name, state) == (workflow, "complete")
-        assert results[_final_step(workflow)]["value"] == _expected(workflow, n)
+    assert_complete_with_answers(database_url, submitted)
     _check_exactly_once(database_url, uuids)
     s = node.scrape()
     assert total(s, "tasker_workflow_requests_total", outcome="complete") == 50
