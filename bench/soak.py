@@ -24,7 +24,7 @@ from bench.common import Variant, progress
 
 BENCH = "soak"
 TOLERANCE = 0.10
-SCRAPES = 15
+SCRAPES = 50
 
 
 def scrape(port: int) -> tuple[float, dict[tuple[str, frozenset], float]]:
