@@ -685,7 +685,27 @@ def soak_section(b: Bench) -> list[str]:
             f"Totals on `/metrics` at the end: {s['counted']['succeeded']:,} succeeded and "
             f"{s['counted']['failed']:,} failed of {s['tasks']:,} published "
             f"({'exact' if s['totals_exact'] else '**not exact**'}).", "",
-            f"**What it means.** {s['meaning']}", ""]
+            f"**What it means.** {_soak_meaning(s)}", ""]
+
+
+def _soak_meaning(s: dict[str, Any]) -> str:
+    first, last = s["checkpoints"][0], s["checkpoints"][-1]
+    text = (f"{last['process_exits']:,} pool processes were replaced (one every "
+            f"{s['max_tasks_per_child']} tasks). The MainProcess's memory "
+            f"({num(s['growth']['rss'], 3)}×) and the directory "
+            f"({num(s['growth']['files'], 2)}×) stayed flat: dead processes' files are folded "
+            "into the node's archive and deleted. ")
+    if s["growth"]["scrape_ms"] <= 1 + s["tolerance"]:
+        return text + "So did the scrape: a node that recycles all day scrapes at night as fast "\
+                      "as in the morning."
+    delta = last["scrape_ms"]["median"] - first["scrape_ms"]["median"]
+    return text + (f"The scrape did not: it took {num(delta, 2)} ms more at the end "
+                   f"({num(s['growth']['scrape_ms'], 2)}×, over the {s['tolerance']:.0%} "
+                   "target), although the output does not grow (checked by hand over 400 recycled "
+                   "processes: same lines, same series). That is far from the "
+                   "stock collector's growth (§2: 19× after 5,000 recycled processes) and "
+                   "within the 2× bound of the recycling test, but it is not flat; where the "
+                   "extra time goes is not found yet.")
 
 
 def plots(benches: dict[str, Bench], out_dir: Path, output: Path) -> list[str]:
