@@ -246,14 +246,14 @@ def run_rounds(runner: Runner, results: common.Results, variants: list[str], n: 
 def main(argv: list[str] | None = None) -> int:
     parser = common.base_parser("python -m bench.overhead", __doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, help="tasks per run (default 10000; quick 500)")
-    parser.add_argument("--rounds", type=int, help="rounds of A B C (default 7; quick 2)")
+    parser.add_argument("--rounds", type=int, help="rounds of A B C (default 7; quick 1)")
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                         help=f"comma-separated, from: {', '.join(VARIANTS)}")
     parser.add_argument("--no-warmup", action="store_true",
                         help="skip the unrecorded warm-up run of each variant")
     args = parser.parse_args(argv)
     n = args.tasks or (500 if args.quick else 10000)
-    rounds = args.rounds or (2 if args.quick else 7)
+    rounds = args.rounds or (1 if args.quick else 7)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:

@@ -107,13 +107,13 @@ def checkpoint(worker: common.Worker, directory: Path, phase: str, published: in
 def main(argv: list[str] | None = None) -> int:
     parser = common.base_parser("python -m bench.soak", __doc__)
     parser.add_argument("--tasks", type=int, default=None,
-                        help="tasks after the warm-up (default 100000, quick 600)")
+                        help="tasks after the warm-up (default 100000, quick 300)")
     parser.add_argument("--max-tasks-per-child", type=int, default=50)
     parser.add_argument("--fail-every", type=int, default=20,
                         help="every Nth task fails (default 20: 5 %%)")
     args = parser.parse_args(argv)
-    tasks = args.tasks or (600 if args.quick else 100_000)
-    warmup = 100 if args.quick else 2000
+    tasks = args.tasks or (300 if args.quick else 100_000)
+    warmup = 50 if args.quick else 2000
     results = common.Results(BENCH, args, {"tasks": tasks, "warmup": warmup,
                                            "max_tasks_per_child": args.max_tasks_per_child,
                                            "fail_every": args.fail_every})
