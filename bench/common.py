@@ -402,6 +402,22 @@ def start_worker(variant: Variant, queue: str, name: str, log_dir: Path,
     return worker
 
 
+def wait_until(worker: Worker, check: Callable[[], tuple[bool, str]], timeout: float,
+               interval: float = 0.2) -> None:
+    """Call ``check()`` -> (done, status) until done; fail if the worker exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = check()
+        if done:
+            return
+        if not worker.running():
+            raise RuntimeError(f"worker {worker.name} exited ({status}):\n{worker.log_tail()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{worker.name}: {status} after {timeout:.0f}s\n"
+                               f"{worker.log_tail()}")
+        time.sleep(interval)
+
+
 def publish(app: str, queue: str, *, count: int | None = None, task: str = "diagnostics.noop",
             latency_key: str | None = None, rate: float | None = None,
             duration: float | None = None, timeout: float = 600.0,

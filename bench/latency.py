@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +36,9 @@ PERCENTILES = {"p50": 0.50, "p95": 0.95, "p99": 0.99}
 
 def wait_for_list(client: Any, key: str, count: int, worker: common.Worker,
                   timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while client.llen(key) < count:
-        if not worker.running():
-            raise RuntimeError(f"worker {worker.name} exited:\n{worker.log_tail()}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{worker.name}: {client.llen(key)}/{count} results after "
-                               f"{timeout:.0f}s\n{worker.log_tail()}")
-        time.sleep(0.05)
+    common.wait_until(worker, lambda: (client.llen(key) >= count,
+                                       f"{client.llen(key)}/{count} results"), timeout,
+                      interval=0.05)
 
 
 def latency_stats(seconds: list[float]) -> dict[str, float]:

@@ -55,26 +55,20 @@ def finished(samples: dict[tuple[str, frozenset], float]) -> tuple[int, int]:
 
 
 def wait_finished(worker: common.Worker, expected: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    last_report = time.monotonic()
-    while True:
+    last_report = [time.monotonic()]
+
+    def check() -> tuple[bool, str]:
         assert worker.metrics_port is not None
         try:
-            _, samples = scrape(worker.metrics_port)
-            done = sum(finished(samples))
+            done = sum(finished(scrape(worker.metrics_port)[1]))
         except OSError:  # the node is still starting: its endpoint is not up yet
             done = 0
-        if done >= expected:
-            return
-        if not worker.running():
-            raise RuntimeError(f"worker exited:\n{worker.log_tail()}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{done}/{expected} tasks finished after {timeout:.0f}s\n"
-                               f"{worker.log_tail()}")
-        if time.monotonic() - last_report > 30:
+        if time.monotonic() - last_report[0] > 30:
             progress(BENCH, f"  {done:,}/{expected:,} finished")
-            last_report = time.monotonic()
-        time.sleep(1.0)
+            last_report[0] = time.monotonic()
+        return done >= expected, f"{done}/{expected} tasks finished"
+
+    common.wait_until(worker, check, timeout, interval=1.0)
 
 
 def checkpoint(worker: common.Worker, directory: Path, phase: str, published: int

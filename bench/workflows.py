@@ -86,23 +86,17 @@ def wait_finished(database_url: str, uuids: list[str], worker: common.Worker,
                   timeout: float) -> None:
     import psycopg
 
-    deadline = time.monotonic() + timeout
     with psycopg.connect(database_url, autocommit=True) as conn:
-        while True:
+        def check() -> tuple[bool, str]:
             open_count, errors = conn.execute(
                 "SELECT count(*) FILTER (WHERE state IN ('pending', 'in_progress')),"
                 " count(*) FILTER (WHERE state = 'error')"
                 " FROM tasker_tasks WHERE uuid = ANY(%s::uuid[])", [uuids]).fetchone()
             if errors:
                 raise RuntimeError(f"{errors} bench requests failed:\n{worker.log_tail()}")
-            if open_count == 0:
-                return
-            if not worker.running():
-                raise RuntimeError(f"worker exited:\n{worker.log_tail()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{open_count} requests still open after {timeout:.0f}s\n"
-                                   f"{worker.log_tail()}")
-            time.sleep(0.2)
+            return open_count == 0, f"{open_count} requests still open"
+
+        common.wait_until(worker, check, timeout)
 
 
 def step_timings(database_url: str, uuids: list[str]) -> dict[str, list[float]]:

@@ -151,6 +151,16 @@ def _stable_counters(node: WorkerNode) -> dict:
     return first
 
 
+def _run_tasks_while_broken(node: Any, app: Any) -> list[str]:
+    """Publish DURING tasks: all succeed, the node lives, stopped processes are counted."""
+    during = _publish(app, node.queue, DURING)
+    _wait_succeeded(node, during, lambda: _answers(node))
+    assert node.proc.poll() is None, node.log()[-3000:]
+    wait_for(lambda: total(node.scrape(), "tasker_metrics_errors_total", stage="directory") >= 1,
+             timeout=30, message="processes that stopped recording counted")
+    return during
+
+
 @pytest.mark.timeout(180)  # 10-25 s
 def test_unwritable_directory_one_error_tasks_go_on(start_node, app, tmp_path: Path) -> None:
     directory = tmp_path / "metrics"
@@ -174,12 +184,7 @@ def test_unwritable_directory_one_error_tasks_go_on(start_node, app, tmp_path: P
 
     with _unwritable(directory) as how:
         assert not _can_create(directory), f"{how} did not make {directory} unwritable"
-        during = _publish(app, node.queue, DURING)
-        _wait_succeeded(node, during, lambda: _answers(node))
-        assert node.proc.poll() is None, node.log()[-3000:]
-        wait_for(lambda: total(node.scrape(), "tasker_metrics_errors_total",
-                               stage="directory") >= 1,
-                 timeout=30, message="processes that stopped recording counted")
+        during = _run_tasks_while_broken(node, app)
         s_during = _stable_counters(node)
         _check_one_error(node, directory, "Operation not permitted" if how == "chattr +i"
                          else "Permission denied")
@@ -232,12 +237,7 @@ def test_full_directory_one_error_no_crash(start_node, app, tmp_path: Path) -> N
             filler = threading.Thread(target=keep_full, daemon=True)
             filler.start()
             try:
-                during = _publish(app, node.queue, DURING)
-                _wait_succeeded(node, during, lambda: _answers(node))
-                assert node.proc.poll() is None, node.log()[-3000:]
-                wait_for(lambda: total(node.scrape(), "tasker_metrics_errors_total",
-                                       stage="directory") >= 1,
-                         timeout=30, message="processes that stopped recording counted")
+                during = _run_tasks_while_broken(node, app)
             finally:
                 stop.set()
                 filler.join(timeout=10)
