@@ -2,7 +2,9 @@
 
     python -m bench.overhead [--quick] [--tasks N] [--rounds R] [--variants bare,tasker]
 
-For every round, each variant in turn (A B C A B C ...):
+Rounds alternate the order of the variants (A B C, then C B A, ...) so that
+a drift in the machine's speed does not favour whichever variant runs first.
+In every round, each variant in turn:
 
 1. publish N ``diagnostics.noop`` messages to a fresh queue through the
    variant's own app (tasker's publisher adds its headers, as in production);
@@ -17,6 +19,11 @@ For every round, each variant in turn (A B C A B C ...):
 
 CPU time of the MainProcess and of the pool processes over the measured
 interval is read from ``/proc`` (psutil) at the two clock ticks.
+
+Single runs of the same code differ by ±15 % on a shared 2-CPU machine, so
+the full run makes many short rounds (15 × 5,000 tasks) rather than a few
+long ones, and the ratio that counts, each round's tasker ÷ the same round's
+bare Celery, is reported as a median with a 95 % bootstrap confidence interval.
 """
 
 from __future__ import annotations
@@ -215,6 +222,7 @@ def summarize(runs: list[dict[str, Any]], variants: list[str]) -> list[dict[str,
         if base_median:
             summary["ratio_to_bare"] = statistics.median(tps) / base_median
             summary["paired_ratio_to_bare"] = common.spread(paired)
+            summary["paired_ratio_to_bare"]["ci95"] = common.median_ci95(paired)
         if VARIANTS[name].app == "tasker":
             summary["all_counted"] = all(r.get("tasker_total_runs") == r["tasks"] for r in rs)
             if base_median:
@@ -225,6 +233,11 @@ def summarize(runs: list[dict[str, Any]], variants: list[str]) -> list[dict[str,
     return out
 
 
+def round_order(variants: list[str], rnd: int) -> list[str]:
+    """Round 1 runs the variants as given, round 2 in reverse, and so on."""
+    return list(variants) if rnd % 2 else list(reversed(variants))
+
+
 def run_rounds(runner: Runner, results: common.Results, variants: list[str], n: int,
                rounds: int, warmup: bool) -> list[dict[str, Any]]:
     if warmup:
@@ -233,7 +246,7 @@ def run_rounds(runner: Runner, results: common.Results, variants: list[str], n: 
             runner.run(VARIANTS[name], "warmup", min(n, 1000))
     runs = []
     for rnd in range(1, rounds + 1):
-        for name in variants:
+        for name in round_order(variants, rnd):
             record = runner.run(VARIANTS[name], str(rnd), n)
             runs.append(record)
             results.write("run", record)
@@ -245,15 +258,16 @@ def run_rounds(runner: Runner, results: common.Results, variants: list[str], n: 
 
 def main(argv: list[str] | None = None) -> int:
     parser = common.base_parser("python -m bench.overhead", __doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, help="tasks per run (default 10000; quick 500)")
-    parser.add_argument("--rounds", type=int, help="rounds of A B C (default 7; quick 1)")
+    parser.add_argument("--tasks", type=int, help="tasks per run (default 5000; quick 500)")
+    parser.add_argument("--rounds", type=int,
+                        help="rounds of A B C / C B A (default 15; quick 1)")
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                         help=f"comma-separated, from: {', '.join(VARIANTS)}")
     parser.add_argument("--no-warmup", action="store_true",
                         help="skip the unrecorded warm-up run of each variant")
     args = parser.parse_args(argv)
-    n = args.tasks or (500 if args.quick else 10000)
-    rounds = args.rounds or (1 if args.quick else 7)
+    n = args.tasks or (500 if args.quick else 5000)
+    rounds = args.rounds or (1 if args.quick else 15)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -285,7 +299,9 @@ def main(argv: list[str] | None = None) -> int:
                 progress(BENCH, f"{summary['variant']}: median "
                                 f"{summary['tasks_per_second']['median']:.0f} tasks/s"
                                 + (f", {paired['median']:.3f} x bare (median of rounds, "
-                                   f"{paired['min']:.3f}-{paired['max']:.3f})" if paired else ""))
+                                   f"95% CI {paired['ci95'][0]:.3f}-{paired['ci95'][1]:.3f}, "
+                                   f"rounds {paired['min']:.3f}-{paired['max']:.3f})"
+                                   if paired else ""))
         ok = True
     finally:
         common.cleanup_session_keys(client)

@@ -204,14 +204,19 @@ def _throughput_verdict(paired: dict[str, Any], target: float) -> tuple[str, str
     """(verdict, note) for a throughput ratio against its target (median of paired rounds)."""
     met = paired["median"] >= target
     note = ""
-    if paired["min"] < target <= paired["max"]:
+    ci = paired.get("ci95")
+    if ci is not None and ci[0] < target <= ci[1]:
+        note = "the target lies inside the 95 % confidence interval"
+    elif ci is None and paired["min"] < target <= paired["max"]:
         note = "the rounds lie on both sides of the target"
     return verdict(met), note
 
 
 def _ratio_text(paired: dict[str, Any]) -> str:
-    return (f"{num(paired['median'], 3)} (rounds {num(paired['min'], 3)}–"
-            f"{num(paired['max'], 3)})")
+    ci = paired.get("ci95")
+    return (f"{num(paired['median'], 3)} ("
+            + (f"95 % CI {num(ci[0], 3)}–{num(ci[1], 3)}; " if ci is not None else "")
+            + f"rounds {num(paired['min'], 3)}–{num(paired['max'], 3)})")
 
 
 def overhead_section(b: Bench) -> list[str]:
@@ -225,7 +230,7 @@ def overhead_section(b: Bench) -> list[str]:
         if name == p["baseline"]:
             ratio = medians = cpu_ratio = "1 (baseline)"
         else:
-            ratio = rng(s["paired_ratio_to_bare"], 3)
+            ratio = _ratio_text(s["paired_ratio_to_bare"])
             medians = num(s.get("ratio_to_bare"), 3)
             cpu = _paired(b, name, _cpu_total)
             cpu_ratio = rng(cpu, 3) if cpu else "n/a"
@@ -239,11 +244,14 @@ def overhead_section(b: Bench) -> list[str]:
            "polls only the broker (the queue's `LLEN` and kombu's `unacked` hash); the clock "
            "runs from the first poll that finds a message taken to the first that finds both "
            "empty, so measuring asks nothing of the worker. Variants run interleaved "
-           f"({' '.join(p['variants'])}, repeated {p['rounds']} times"
+           f"({' '.join(p['variants'])}, then in reverse order, {p['rounds']} rounds"
            + (", after one unrecorded warm-up run each" if p.get("warmup") else "")
-           + "). The ratio that counts is taken per round (each variant ÷ the bare run of "
-           "the same round, minutes apart), shown as the median of the rounds (min–max); the "
-           "ratio of the two medians is shown beside it. CPU per task is the CPU time of the "
+           + "). Single runs of the same code differ by ±15 % on this shared machine, so the "
+           "run is many short rounds rather than a few long ones. The ratio that counts is "
+           "taken per round (each variant ÷ the bare run of the same round, seconds apart), "
+           "shown as the median of the rounds with its 95 % bootstrap confidence interval "
+           "and the min–max of the rounds; the ratio of the two medians is shown beside it. "
+           "CPU per task is the CPU time of the "
            "node's MainProcess and of its two pool processes together over the timed interval, "
            "divided by the tasks in it (read from `/proc`, so it costs the worker nothing); "
            "it is less sensitive to other jobs on the machine than tasks/s.", "",
@@ -259,7 +267,11 @@ def overhead_section(b: Bench) -> list[str]:
         text = (f"**What it means.** On this machine a tasker node finished {pct(ratio)} "
                 f"{direction} no-op tasks per second than a bare Celery node in the median "
                 f"round (target: at most {pct(t['target_ratio'])} fewer; {v}"
-                + (f"; the per-round ratios, {num(paired['min'], 3)}–{num(paired['max'], 3)}, "
+                + (f"; the 95 % confidence interval of that median, "
+                   f"{num(paired['ci95'][0], 3)}–{num(paired['ci95'][1], 3)}, contains the "
+                   "target, so this run alone cannot settle it"
+                   if note and paired.get("ci95") is not None else
+                   f"; the per-round ratios, {num(paired['min'], 3)}–{num(paired['max'], 3)}, "
                    "lie on both sides of the target, so this run alone cannot settle it"
                    if note else "")
                 + f"; the ratio of the two medians was {num(t['ratio_to_bare'], 3)}). ")
