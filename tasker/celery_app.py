@@ -34,3 +34,4 @@ def _configure_logging(loglevel: object = None, **_: object) -> None:
 
     settings = get_settings()
     configure_logging(settings.log_format, loglevel or settings.log_level)  # type: ignore[arg-type]
+    correlation.log_task_starts_if_enabled()

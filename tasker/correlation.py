@@ -26,7 +26,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-from celery.signals import before_task_publish, task_postrun, task_prerun, task_received
+from celery._state import get_current_task
+from celery.signals import before_task_publish, task_prerun, task_received
 
 __all__ = [
     "CORRELATION_HEADER",
@@ -38,6 +39,7 @@ __all__ = [
     "current_parent_correlation_id",
     "new_correlation",
     "is_valid_correlation_id",
+    "log_task_starts_if_enabled",
 ]
 
 CORRELATION_HEADER = "tasker_correlation_id"
@@ -92,12 +94,43 @@ def is_valid_correlation_id(value: object) -> bool:
 
 
 def current_correlation_id() -> str | None:
-    """The correlation id of the task running in this context, if any."""
-    return _current.get()
+    """The correlation id of the work in this context, if any.
+
+    Inside a :func:`new_correlation` block, that block's id; otherwise the id
+    of the task running in this thread (from its request's headers).
+    """
+    explicit = _current.get()
+    return explicit if explicit is not None else _running_task_ids()[0]
 
 
 def current_parent_correlation_id() -> str | None:
-    return _parent.get()
+    if _current.get() is not None:
+        return _parent.get()
+    return _running_task_ids()[1]
+
+
+def _running_task_ids() -> tuple[str | None, str | None]:
+    """(correlation id, parent id) of the task running in this thread.
+
+    Read from the request when asked (publishing, logging, tracing), not set
+    up for every task: receivers in the pool process cost every task, and on
+    a node whose CPUs are all busy that time is taken from the MainProcess
+    and Redis (see BENCHMARKS.md).
+    """
+    task = get_current_task()
+    if task is None:
+        return None, None
+    request = task.request
+    if getattr(request, "called_directly", True):  # a plain function call, not a run
+        return None, None
+    cid = getattr(request, CORRELATION_HEADER, None)
+    if not is_valid_correlation_id(cid):
+        # Only a message that bypassed the MainProcess's receipt (an eager
+        # apply()) lacks one; keep it on the request so the whole run shares it.
+        cid = uuid7()
+        setattr(request, CORRELATION_HEADER, cid)
+    parent = getattr(request, PARENT_HEADER, None)
+    return cid, parent if is_valid_correlation_id(parent) else None
 
 
 @contextmanager
@@ -110,7 +143,8 @@ def new_correlation(correlation_id: str | None = None,
     """
     if correlation_id is not None and not is_valid_correlation_id(correlation_id):
         raise ValueError(f"correlation id must be a UUID string, got {correlation_id!r}")
-    parent = parent_correlation_id if parent_correlation_id is not None else _current.get()
+    parent = (parent_correlation_id if parent_correlation_id is not None
+              else current_correlation_id())
     cid = correlation_id or uuid7()
     token, parent_token = _current.set(cid), _parent.set(parent)
     try:
@@ -131,8 +165,8 @@ def _stamp_headers(headers: MutableMapping[str, Any] | None = None, **_: Any) ->
     if not is_valid_correlation_id(given):
         # Inside a task (or a new_correlation block) the context decides;
         # otherwise this publish starts new work.
-        headers[CORRELATION_HEADER] = _current.get() or uuid7()
-        parent = _parent.get()
+        headers[CORRELATION_HEADER] = current_correlation_id() or uuid7()
+        parent = current_parent_correlation_id()
         if parent and not headers.get(PARENT_HEADER):
             headers[PARENT_HEADER] = parent
     if PARENT_HEADER in headers and not is_valid_correlation_id(headers[PARENT_HEADER]):
@@ -171,29 +205,17 @@ def _ensure_correlation_on_receipt(request: Any = None, **_: Any) -> None:
         logger.debug("correlation.assign_failed", exc_info=True)
 
 
-_tokens: dict[str, tuple[Any, Any]] = {}
+def _log_task_started(**_: Any) -> None:
+    _task_logger.debug("task.started")
 
 
-@task_prerun.connect(weak=False)
-def _enter_task_context(task_id: str = "", task: Any = None, **_: Any) -> None:
-    request = getattr(task, "request", None)
-    cid = getattr(request, CORRELATION_HEADER, None)
-    if not is_valid_correlation_id(cid):
-        cid = uuid7()
-    parent = getattr(request, PARENT_HEADER, None)
-    _tokens[task_id] = (_current.set(cid), _parent.set(parent if is_valid_correlation_id(parent)
-                                                       else None))
-    if _task_logger.isEnabledFor(logging.DEBUG):  # hot path: detail only when asked for
-        _task_logger.debug("task.started")
+def log_task_starts_if_enabled() -> None:
+    """Log ``task.started`` (DEBUG) in pool processes, if DEBUG is on for ``tasker.task``.
 
-
-@task_postrun.connect(weak=False)
-def _leave_task_context(task_id: str = "", **_: Any) -> None:
-    tokens = _tokens.pop(task_id, None)
-    if tokens is not None:
-        try:
-            _current.reset(tokens[0])
-            _parent.reset(tokens[1])
-        except ValueError:  # reset from another context: just clear
-            _current.set(None)
-            _parent.set(None)
+    Connected only then: a receiver costs every task a call even when it
+    writes nothing. Called once logging is configured, before the pool forks.
+    """
+    if _task_logger.isEnabledFor(logging.DEBUG):
+        task_prerun.connect(_log_task_started, weak=False)
+    else:
+        task_prerun.disconnect(_log_task_started)

@@ -186,7 +186,10 @@ class TaskerMetricsStep(bootsteps.StartStopStep):
         started = time.time()
         metrics = create_metrics()
         state = NodeState.create(os.path.join(self.directory.path, NODE_STATE_FILE),
-                                 self.settings.rate_window, self.settings.ema_alpha, started)
+                                 self.settings.rate_window, self.settings.ema_alpha, started,
+                                 pool_processes=max(int(worker.concurrency or 1),
+                                                    int(getattr(worker, "max_concurrency", 0)
+                                                        or 0)))
         hostname = worker.hostname
         app = worker.app
         _node = Node(hostname, self.directory.path, metrics, state, registry,

@@ -134,10 +134,10 @@ class Recorder:
         request = task.request
         return self.task_label(task.name), self.queue_label(request.delivery_info)
 
-    def series_of(self, task: Any) -> _TaskSeries:
+    def series_of(self, task: Any, request: Any = None) -> _TaskSeries:
         """The labelled metric objects of a task's executions, looked up once per
         (task, exchange, routing key): the pool-process hot path does one dict lookup."""
-        info = task.request.delivery_info or {}
+        info = (request if request is not None else task.request).delivery_info or {}
         key = (task.name, info.get("exchange"), info.get("routing_key"))
         found = self._series.get(key)
         if found is None:
@@ -153,12 +153,12 @@ class Recorder:
     # Pool-process side ----------------------------------------------------
 
     def on_prerun(self, task_id: str, task: Any) -> None:
-        series = self.series_of(task)
+        request = task.request  # a property that walks Celery's request stack: once
+        series = self.series_of(task, request)
         now = time.time()
         self._started[task_id] = (time.perf_counter(), series)
         series.started.inc()
         series.active.inc()
-        request = task.request
         published = _published_at(request)
         if published is not None:
             eta = _eta_timestamp(request) if request.eta else None

@@ -149,3 +149,77 @@ def test_a_truncated_node_state_file_is_rejected(state_path: str) -> None:
     os.truncate(state_path, 200)  # the header survives, the buckets do not
     with pytest.raises(ValueError, match="not a tasker node state file"):
         NodeState(state_path)
+
+
+def _pool_child(state: NodeState, index: int, runtimes: list[float], first_now: float) -> None:
+    """A prefork pool process: billiard gives it an index, so it writes a slot of its own."""
+    code = 1
+    try:
+        from billiard.process import current_process
+
+        current_process().index = index  # what billiard sets before starting the process
+        for i, runtime in enumerate(runtimes):
+            state.record_finished(runtime, now=first_now + i * 1e-5)
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def test_pool_processes_write_their_own_slots_without_losing_a_count(state_path: str) -> None:
+    state = NodeState.create(state_path, window=10, alpha=0.1, started=T0, pool_processes=2)
+    try:
+        state.record_finished(0.05, now=T0 + 1.0)  # the MainProcess: the shared slot
+        # Index 5 is beyond the two slots made for this node: it shares slot 0 too.
+        work = {0: [0.01] * (N - 1) + [0.001], 1: [0.02] * (N - 1) + [9.0], 5: [0.03] * N}
+        pids = []
+        for index, runtimes in work.items():
+            pid = os.fork()
+            if pid == 0:
+                _pool_child(state, index, runtimes, first_now=T0 + 5.0)
+            pids.append(pid)
+        for pid in pids:
+            _, status = os.waitpid(pid, 0)
+            assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+        reading = state.read(T0 + 6.0)
+        assert reading.runs == 3 * N + 1
+        total = 0.05 + sum(sum(r) for r in work.values())
+        assert reading.average_seconds == pytest.approx(total / (3 * N + 1))
+        assert reading.min_seconds == pytest.approx(0.001)
+        assert reading.max_seconds == pytest.approx(9.0)
+        assert reading.processing_rate == pytest.approx((3 * N + 1) / 6.0)
+        assert reading.latency_ema_seconds is not None
+        assert 0.001 <= reading.latency_ema_seconds <= 9.0
+    finally:
+        state.close()
+
+
+def test_a_replacement_process_takes_over_the_slot_of_one_killed_mid_update(
+        state_path: str) -> None:
+    from billiard.process import current_process
+
+    state = NodeState.create(state_path, window=10, alpha=0.5, started=T0, pool_processes=1)
+    process = current_process()
+    had_index = hasattr(process, "index")
+    old_index = getattr(process, "index", None)
+    try:
+        process.index = 0
+        writer = NodeState(state_path)
+        writer.record_finished(0.2, now=T0 + 1.0)
+        writer._own.fields[0] += 1  # noqa: SLF001 - killed between its two sequence steps
+        writer.close()
+        replacement = NodeState(state_path)  # the same index: the same slot
+        # Its sequence is even again: readers are not left retrying a torn slot.
+        assert replacement._own.fields[0] % 2 == 0  # noqa: SLF001
+        replacement.record_finished(0.4, now=T0 + 2.0)
+        assert replacement._own.fields[0] % 2 == 0  # noqa: SLF001
+        reading = state.read(T0 + 3.0)
+        assert reading.runs == 2
+        assert reading.max_seconds == pytest.approx(0.4)
+        replacement.close()
+    finally:
+        if had_index:
+            process.index = old_index
+        else:
+            del process.index
+        state.close()
