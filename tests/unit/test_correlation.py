@@ -169,3 +169,80 @@ def test_stamp_headers_drops_an_invalid_parent_and_keeps_a_valid_one() -> None:
 
 def test_stamp_headers_without_headers_does_nothing() -> None:
     _stamp_headers(headers=None)  # must not raise
+
+
+# -- inside a running task --------------------------------------------------
+
+
+@pytest.fixture
+def running_task() -> Any:
+    """A task with a request pushed the way Celery's tracer does before running it."""
+    from celery import Celery
+    from celery._state import _task_stack
+
+    app = Celery("correlation-test", set_as_current=False)
+
+    @app.task(name="correlation.test")
+    def body() -> None:
+        return None
+
+    def push(**request: Any) -> Any:
+        body.push_request(called_directly=False, **request)
+        _task_stack.push(body)
+        return body
+
+    yield push
+    while _task_stack.top is body:
+        _task_stack.pop()
+        body.pop_request()
+
+
+def test_a_running_task_has_the_ids_of_its_message(running_task: Any) -> None:
+    cid, parent = uuid7(), uuid7()
+    running_task(id="t1", **{CORRELATION_HEADER: cid, PARENT_HEADER: parent})
+    assert current_correlation_id() == cid
+    assert current_parent_correlation_id() == parent
+    headers: dict[str, Any] = {}
+    _stamp_headers(headers=headers)  # a message published by the task inherits both
+    assert headers[CORRELATION_HEADER] == cid
+    assert headers[PARENT_HEADER] == parent
+    with new_correlation() as nested:  # nested work names the task's id as its parent
+        assert current_correlation_id() == nested
+        assert current_parent_correlation_id() == cid
+    assert current_correlation_id() == cid
+
+
+def test_a_running_task_without_an_id_gets_one_that_lasts_the_whole_run(
+        running_task: Any) -> None:
+    running_task(id="t2", **{PARENT_HEADER: "not-a-uuid"})
+    first = current_correlation_id()
+    assert is_valid_correlation_id(first)
+    assert current_correlation_id() == first
+    assert current_parent_correlation_id() is None  # an invalid parent is dropped
+
+
+def test_task_started_is_logged_only_when_debug_is_on() -> None:
+    import logging
+
+    from celery.signals import task_prerun
+
+    from tasker import correlation
+
+    task_logger = logging.getLogger("tasker.task")
+    level = task_logger.level
+    try:
+        task_logger.setLevel(logging.DEBUG)
+        correlation.log_task_starts_if_enabled()
+        assert _connected(task_prerun)
+        task_logger.setLevel(logging.INFO)
+        correlation.log_task_starts_if_enabled()
+        assert not _connected(task_prerun)
+    finally:
+        task_logger.setLevel(level)
+        correlation.log_task_starts_if_enabled()
+
+
+def _connected(signal: Any) -> bool:
+    from tasker import correlation
+
+    return any(r is correlation._log_task_started for r in signal._live_receivers(None))
