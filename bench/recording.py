@@ -80,7 +80,14 @@ def main(argv: list[str] | None = None) -> int:
 
         bootstep._use_multiprocess_values(directory)
         metrics = create_metrics()
-        state = NodeState.create(os.path.join(directory, FILE_NAME), 60.0, 0.1, time.time())
+        path = os.path.join(directory, FILE_NAME)
+        shared_state = NodeState.create(path, 60.0, 0.1, time.time(), pool_processes=2)
+        # Recorded as in a prefork pool process: billiard numbers it, so its
+        # handle writes a slot of its own (the shared slot is measured apart).
+        from billiard.process import current_process
+
+        current_process().index = 0
+        state = NodeState(path)
         recorder = recording.Recorder(
             metrics, state, "bench@localhost", known_tasks=lambda: app.tasks,
             queue_names=bootstep._queue_resolver(app), directory=directory)
@@ -130,10 +137,13 @@ def main(argv: list[str] | None = None) -> int:
                 t_post += t3 - t2
             return {"prerun": t_pre, "success": t_suc, "postrun": t_post}
 
-        def node_state_update(n: int) -> None:
-            record = state.record_finished
+        def node_state_update(n: int, handle: Any = state) -> None:
+            record = handle.record_finished
             for _ in range(n):
                 record(0.001, time.time())
+
+        def shared_node_state_update(n: int) -> None:
+            node_state_update(n, shared_state)
 
         def loop(update: Any) -> Any:
             def run(n: int) -> None:
@@ -170,8 +180,12 @@ def main(argv: list[str] | None = None) -> int:
         cases = {
             "main_process_per_task": (main_process, "task_received receiver (MainProcess)", 5),
             "node_state_record_finished": (node_state_update,
-                                           "NodeState.record_finished() (flock + mmap; "
-                                           "part of task_postrun)", 1),
+                                           "NodeState.record_finished() in a pool process "
+                                           "(its own slot, no lock; part of task_postrun)", 1),
+            "node_state_record_finished_shared": (
+                shared_node_state_update,
+                "NodeState.record_finished() on the shared slot (flock; the MainProcess, "
+                "solo and thread pools)", 1),
             "counter_inc_multiprocess": (loop(mp_c.inc), "Counter.inc(), multiprocess mode", 5),
             "histogram_observe_multiprocess": (loop(lambda: mp_h.observe(0.003)),
                                                "Histogram.observe(), multiprocess mode", 5),
@@ -187,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             progress(BENCH, f"{name}: {measured[name]['median']:.2f} us "
                             f"({measured[name]['min']:.2f}-{measured[name]['max']:.2f})")
         recording.deactivate()
+        del current_process().index
 
         main_us, pool_us = measured["main_process_per_task"], measured["pool_process_per_task"]
         summary = {
@@ -196,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
             "pool_process_us_by_receiver": {
                 stage: measured[f"pool_{stage}"] for stage in ("prerun", "success", "postrun")},
             "node_state_record_finished_us": measured["node_state_record_finished"],
+            "node_state_record_finished_shared_us":
+                measured["node_state_record_finished_shared"],
             "counter_inc_us": {"multiprocess": measured["counter_inc_multiprocess"],
                                "memory": measured["counter_inc_memory"]},
             "histogram_observe_us": {"multiprocess": measured["histogram_observe_multiprocess"],

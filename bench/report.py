@@ -280,6 +280,16 @@ def overhead_section(b: Bench) -> list[str]:
             text += (f"The steadier measure, CPU per task for the whole node, was "
                      f"{num(cpu['median'], 3)}× bare Celery's (rounds {num(cpu['min'], 3)}–"
                      f"{num(cpu['max'], 3)}). ")
+        mo = summ.get("tasker_main_only")
+        if mo and "paired_ratio_to_bare" in mo:
+            mp = mo["paired_ratio_to_bare"]
+            text += ("Where the gap comes from: the diagnostic variant `tasker_main_only`, the "
+                     "same node with recording switched off in its pool processes only (the "
+                     "MainProcess still counts every message, serves the endpoints, logs JSON "
+                     f"and stamps correlation ids), ran at {_ratio_text(mp)} of bare Celery. "
+                     "So the recording done in the pool processes, a few µs of CPU per task "
+                     "(section 3), is what costs throughput here: on 2 CPUs it competes with "
+                     "Redis, which the MainProcess waits on for every message. ")
         ev = summ.get("bare_events")
         if ev and "paired_ratio_to_bare" in ev:
             text += ("For comparison, turning on Celery's task events (`-E`), the usual way to "
@@ -447,8 +457,11 @@ def recording_section(b: Bench) -> list[str]:
         ["… of which `task_prerun`", rng(by["prerun"], 2)],
         ["… of which `task_success`", rng(by["success"], 2)],
         ["… of which `task_postrun` (includes the node-state update)", rng(by["postrun"], 2)],
-        ["`NodeState.record_finished` alone (flock + mmap)",
+        ["`NodeState.record_finished` alone, pool process (own slot, no lock)",
          rng(s["node_state_record_finished_us"], 2)],
+        *([["`NodeState.record_finished` alone, shared slot (`flock`: MainProcess, "
+            "solo and thread pools)", rng(s["node_state_record_finished_shared_us"], 2)]]
+          if "node_state_record_finished_shared_us" in s else []),
         ["`Counter.inc()`, multiprocess mode", rng(s["counter_inc_us"]["multiprocess"], 2)],
         ["`Counter.inc()`, in-memory mode (reference)", rng(s["counter_inc_us"]["memory"], 2)],
         ["`Histogram.observe()`, multiprocess mode",
