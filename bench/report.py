@@ -283,13 +283,16 @@ def overhead_section(b: Bench) -> list[str]:
         mo = summ.get("tasker_main_only")
         if mo and "paired_ratio_to_bare" in mo:
             mp = mo["paired_ratio_to_bare"]
+            pool_share = mp["median"] - paired["median"]
             text += ("Where the gap comes from: the diagnostic variant `tasker_main_only`, the "
                      "same node with recording switched off in its pool processes only (the "
                      "MainProcess still counts every message, serves the endpoints, logs JSON "
-                     f"and stamps correlation ids), ran at {_ratio_text(mp)} of bare Celery. "
-                     "So the recording done in the pool processes, a few µs of CPU per task "
-                     "(section 3), is what costs throughput here: on 2 CPUs it competes with "
-                     "Redis, which the MainProcess waits on for every message. ")
+                     f"and stamps correlation ids), ran at {_ratio_text(mp)} of bare Celery, "
+                     f"so in this run the pool processes' recording accounts for about "
+                     f"{max(pool_share, 0.0) * 100:.1f} % of throughput and the rest of tasker "
+                     f"about {max(1.0 - mp['median'], 0.0) * 100:.1f} %, each within the noise "
+                     "shown by the "
+                     "confidence intervals. ")
         ev = summ.get("bare_events")
         if ev and "paired_ratio_to_bare" in ev:
             text += ("For comparison, turning on Celery's task events (`-E`), the usual way to "
