@@ -81,15 +81,37 @@ def test_create_replaces_an_existing_file(state_path: str) -> None:
         new.close()
 
 
-def _child(state: NodeState, runtimes: list[float], first_now: float) -> None:
-    """Record ``runtimes`` and leave the process without running pytest's teardown."""
+def _child(state: NodeState, runtimes: list[float], first_now: float,
+           index: int | None = None) -> None:
+    """Record ``runtimes`` and leave the process without running pytest's teardown.
+
+    With ``index``, the child is a prefork pool process: billiard gives it an
+    index before it starts, so it writes a slot of its own.
+    """
     code = 1
     try:
+        if index is not None:
+            from billiard.process import current_process
+
+            current_process().index = index
         for i, runtime in enumerate(runtimes):
             state.record_finished(runtime, now=first_now + i * 1e-5)
         code = 0
     finally:
         os._exit(code)
+
+
+def _run_children(state: NodeState, work: list[tuple[int | None, list[float]]]) -> None:
+    """Fork one child per (pool index or None, runtimes) and wait for them all."""
+    pids = []
+    for index, runtimes in work:
+        pid = os.fork()
+        if pid == 0:
+            _child(state, runtimes, first_now=T0 + 5.0, index=index)
+        pids.append(pid)
+    for pid in pids:
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 
 def test_forked_processes_record_into_one_file(state_path: str) -> None:
@@ -102,15 +124,8 @@ def test_forked_processes_record_into_one_file(state_path: str) -> None:
 
         runtimes_a = [0.01] * (N - 1) + [0.001]  # holds the minimum
         runtimes_b = [0.02] * (N - 1) + [9.0]  # holds the maximum
-        pids = []
-        for runtimes in (runtimes_a, runtimes_b):
-            pid = os.fork()
-            if pid == 0:  # child: the inherited handle must reopen its own descriptor
-                _child(state, runtimes, first_now=T0 + 5.0)
-            pids.append(pid)
-        for pid in pids:
-            _, status = os.waitpid(pid, 0)
-            assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        # The children's inherited handles must reopen their own descriptors.
+        _run_children(state, [(None, runtimes_a), (None, runtimes_b)])
 
         reading = state.read(T0 + 6.0)
         # Every task of both children counted: no update lost under the lock.
@@ -151,35 +166,13 @@ def test_a_truncated_node_state_file_is_rejected(state_path: str) -> None:
         NodeState(state_path)
 
 
-def _pool_child(state: NodeState, index: int, runtimes: list[float], first_now: float) -> None:
-    """A prefork pool process: billiard gives it an index, so it writes a slot of its own."""
-    code = 1
-    try:
-        from billiard.process import current_process
-
-        current_process().index = index  # what billiard sets before starting the process
-        for i, runtime in enumerate(runtimes):
-            state.record_finished(runtime, now=first_now + i * 1e-5)
-        code = 0
-    finally:
-        os._exit(code)
-
-
 def test_pool_processes_write_their_own_slots_without_losing_a_count(state_path: str) -> None:
     state = NodeState.create(state_path, window=10, alpha=0.1, started=T0, pool_processes=2)
     try:
         state.record_finished(0.05, now=T0 + 1.0)  # the MainProcess: the shared slot
         # Index 5 is beyond the two slots made for this node: it shares slot 0 too.
         work = {0: [0.01] * (N - 1) + [0.001], 1: [0.02] * (N - 1) + [9.0], 5: [0.03] * N}
-        pids = []
-        for index, runtimes in work.items():
-            pid = os.fork()
-            if pid == 0:
-                _pool_child(state, index, runtimes, first_now=T0 + 5.0)
-            pids.append(pid)
-        for pid in pids:
-            _, status = os.waitpid(pid, 0)
-            assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        _run_children(state, list(work.items()))
 
         reading = state.read(T0 + 6.0)
         assert reading.runs == 3 * N + 1
