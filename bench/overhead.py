@@ -102,35 +102,32 @@ def cpu_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float 
 def measure_drain(client: Any, worker: common.Worker, n: int, timeout: float) -> dict[str, Any]:
     """Wait until the queue and the unacked hash are empty; time it from the first take."""
     queue = worker.queue
-    deadline = time.monotonic() + timeout
-    t_first = remaining_first = cpu_first = None
-    polls = 0
-    while True:
+    seen: dict[str, Any] = {"polls": 0}
+
+    def drained() -> tuple[bool, str]:
         before = time.perf_counter()
         with client.pipeline(transaction=False) as pipe:
             pipe.llen(queue)
             pipe.hlen("unacked")
             waiting, unacked = pipe.execute()
         now = (before + time.perf_counter()) / 2
-        polls += 1
+        seen["polls"] += 1
         remaining = waiting + unacked
-        if t_first is None and remaining < n:
-            t_first, remaining_first = now, remaining
-            cpu_first = cpu_snapshot(worker.pid)
-        if t_first is not None and remaining == 0:
-            cpu_end = cpu_snapshot(worker.pid)
-            break
-        if not worker.running():
-            raise RuntimeError(f"worker {worker.name} exited early:\n{worker.log_tail()}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{worker.name}: queue not drained after {timeout:.0f}s "
-                               f"({waiting} waiting, {unacked} unacked)\n{worker.log_tail()}")
-        time.sleep(POLL_INTERVAL)
-    elapsed = now - t_first
-    cpu = cpu_delta(cpu_first, cpu_end)
-    per_task = {k: (None if v is None else v / remaining_first * 1e3) for k, v in cpu.items()}
-    return {"seconds": elapsed, "tasks_timed": remaining_first,
-            "tasks_per_second": remaining_first / elapsed, "polls": polls,
+        if "t_first" not in seen and remaining < n:
+            seen.update(t_first=now, remaining_first=remaining,
+                        cpu_first=cpu_snapshot(worker.pid))
+        if "t_first" in seen and remaining == 0:
+            seen.update(t_end=now, cpu_end=cpu_snapshot(worker.pid))
+            return True, "drained"
+        return False, f"queue not drained ({waiting} waiting, {unacked} unacked)"
+
+    common.wait_until(worker, drained, timeout, POLL_INTERVAL)
+    taken = seen["remaining_first"]
+    elapsed = seen["t_end"] - seen["t_first"]
+    cpu = cpu_delta(seen["cpu_first"], seen["cpu_end"])
+    per_task = {k: (None if v is None else v / taken * 1e3) for k, v in cpu.items()}
+    return {"seconds": elapsed, "tasks_timed": taken,
+            "tasks_per_second": taken / elapsed, "polls": seen["polls"],
             "cpu_ms_per_task_main": per_task["main"],
             "cpu_ms_per_task_pool": per_task["children"]}
 

@@ -99,14 +99,18 @@ def current_correlation_id() -> str | None:
     Inside a :func:`new_correlation` block, that block's id; otherwise the id
     of the task running in this thread (from its request's headers).
     """
-    explicit = _current.get()
-    return explicit if explicit is not None else _running_task_ids()[0]
+    return _current_ids()[0]
 
 
 def current_parent_correlation_id() -> str | None:
+    return _current_ids()[1]
+
+
+def _current_ids() -> tuple[str | None, str | None]:
+    """(correlation id, parent id): a :func:`new_correlation` block's, else the running task's."""
     if _current.get() is not None:
-        return _parent.get()
-    return _running_task_ids()[1]
+        return _current.get(), _parent.get()
+    return _running_task_ids()
 
 
 def _running_task_ids() -> tuple[str | None, str | None]:
@@ -165,8 +169,8 @@ def _stamp_headers(headers: MutableMapping[str, Any] | None = None, **_: Any) ->
     if not is_valid_correlation_id(given):
         # Inside a task (or a new_correlation block) the context decides;
         # otherwise this publish starts new work.
-        headers[CORRELATION_HEADER] = current_correlation_id() or uuid7()
-        parent = current_parent_correlation_id()
+        cid, parent = _current_ids()
+        headers[CORRELATION_HEADER] = cid or uuid7()
         if parent and not headers.get(PARENT_HEADER):
             headers[PARENT_HEADER] = parent
     if PARENT_HEADER in headers and not is_valid_correlation_id(headers[PARENT_HEADER]):

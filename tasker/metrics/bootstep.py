@@ -95,6 +95,12 @@ class AllocatedMmapedDict(MmapedDict):
         super()._init_value(key)
 
 
+def _most_pool_processes(worker: Any) -> int:
+    """The node's concurrency, or the autoscaler's maximum if that is higher."""
+    # Celery's Pool component sets max_concurrency (None without --autoscale).
+    return max(int(worker.concurrency or 1), int(getattr(worker, "max_concurrency", 0) or 0))
+
+
 def _worker_view(worker: Any) -> WorkerView:
     from celery.worker import state as worker_state
 
@@ -187,9 +193,7 @@ class TaskerMetricsStep(bootsteps.StartStopStep):
         metrics = create_metrics()
         state = NodeState.create(os.path.join(self.directory.path, NODE_STATE_FILE),
                                  self.settings.rate_window, self.settings.ema_alpha, started,
-                                 pool_processes=max(int(worker.concurrency or 1),
-                                                    int(getattr(worker, "max_concurrency", 0)
-                                                        or 0)))
+                                 pool_processes=_most_pool_processes(worker))
         hostname = worker.hostname
         app = worker.app
         _node = Node(hostname, self.directory.path, metrics, state, registry,

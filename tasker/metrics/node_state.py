@@ -109,16 +109,16 @@ class _Slot:
         self.rate.counts = view[fields_end + 8 * n:fields_end + 16 * n].cast("q")
 
     def add(self, runtime: float, now: float) -> None:
+        """Count one task; the sequence number is odd while the fields change."""
         f = self.fields
+        f[_S_SEQ] += 1
         f[_S_COUNT] += 1
         f[_S_TOTAL] += runtime
-        low, high = f[_S_MIN], f[_S_MAX]
-        if not runtime >= low:  # also when NaN (nothing yet)
-            f[_S_MIN] = runtime
-        if not runtime <= high:
-            f[_S_MAX] = runtime
+        f[_S_MIN] = _nan_min(f[_S_MIN], runtime)
+        f[_S_MAX] = _nan_max(f[_S_MAX], runtime)
         f[_S_LAST_RUN] = now
         self.rate.record(now)
+        f[_S_SEQ] += 1
 
     def release(self) -> None:
         self.fields.release()
@@ -205,21 +205,14 @@ class NodeState:
         """Count one finished task that ran for ``runtime`` seconds."""
         self._ensure_own_fd()
         h = self._header
-        own = self._own
-        if own is not None:  # the only writer of this slot: no lock
-            f = own.fields
-            f[_S_SEQ] += 1  # odd: being written
-            own.add(runtime, now)
-            f[_S_SEQ] += 1
+        if self._own is not None:  # the only writer of this slot: no lock
+            self._own.add(runtime, now)
             h[_F_EMA] = ema_update(_none_if_nan(h[_F_EMA]), runtime, h[_F_ALPHA])
             return
         with self._lock:
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             try:
-                shared = self._slots[0]
-                shared.fields[_S_SEQ] += 1
-                shared.add(runtime, now)
-                shared.fields[_S_SEQ] += 1
+                self._slots[0].add(runtime, now)
                 h[_F_EMA] = ema_update(_none_if_nan(h[_F_EMA]), runtime, h[_F_ALPHA])
             finally:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
