@@ -1,29 +1,36 @@
 """Throughput overhead: no-op tasks, prefork ``-c 2``, Redis; tasker vs bare Celery.
 
-    python -m bench.overhead [--quick] [--tasks N] [--rounds R] [--variants bare,tasker]
+    python -m bench.overhead [--quick] [--tasks N] [--generations G] [--cycles C]
+                             [--variants bare,tasker]
 
-Rounds alternate the order of the variants (A B C, then C B A, ...) so that
-a drift in the machine's speed does not favour whichever variant runs first.
-In every round, each variant in turn:
+The machine's speed drifts: on the shared 2-CPU machine this was written on,
+the MainProcess's CPU per task (and with it tasks/s) moved by up to 60 %
+between runs ten seconds apart, for every variant alike. So the variants are
+compared in short bursts a second or two apart, on nodes that are already
+running, rather than in whole runs of freshly started nodes:
 
-1. publish N ``diagnostics.noop`` messages to a fresh queue through the
-   variant's own app (tasker's publisher adds its headers, as in production);
-2. start a worker node on that queue;
-3. poll the broker only: the queue's list (``LLEN``) and kombu's ``unacked``
-   hash (``HLEN``). The clock starts at the first poll that finds a message
-   taken (LLEN + HLEN < N) and stops at the first that finds both empty;
+1. a *generation* starts one worker node per variant, side by side, each
+   consuming its own queue; before they start, each variant's publisher
+   (tasker's adds its headers, as in production) fills a staging list with
+   all the no-op messages that node will get;
+2. a *cycle* gives every node in turn a burst of N messages, moved from its
+   staging list into its queue in one atomic Redis script, so the burst
+   appears at once and publishing costs nothing during the measurement; the
+   order of the variants alternates from cycle to cycle (A B C, then C B A);
+3. a burst is timed by polling the broker only: the queue's list (``LLEN``)
+   and kombu's ``unacked`` hash (``HLEN``). The clock starts at the first poll
+   that finds a message taken and stops at the first that finds both empty;
    throughput = messages taken after the start / elapsed time. This asks
-   nothing of the worker, so it costs both variants the same;
-4. (tasker only, after the clock stopped) check ``/metrics.json`` counted all N;
-5. stop the node (warm shutdown, then SIGKILL of its process group).
+   nothing of the worker, so it costs every variant the same;
+4. each node first gets one unrecorded warm-up burst; at the end of the
+   generation every tasker node's ``/metrics.json`` must count all it ran.
 
-CPU time of the MainProcess and of the pool processes over the measured
-interval is read from ``/proc`` (psutil) at the two clock ticks.
-
-Single runs of the same code differ by ±15 % on a shared 2-CPU machine, so
-the full run makes many short rounds (15 × 5,000 tasks) rather than a few
-long ones, and the ratio that counts, each round's tasker ÷ the same round's
-bare Celery, is reported as a median with a 95 % bootstrap confidence interval.
+Nodes waiting for their turn are idle (a blocking ``BRPOP``). Several
+generations (fresh processes) cover whatever varies with a process's start.
+CPU time of each MainProcess and of its pool processes over a burst is read
+from ``/proc`` (psutil). The ratio that counts, each cycle's tasker ÷ the
+same cycle's bare Celery, is reported as a median with a 95 % bootstrap
+confidence interval.
 """
 
 from __future__ import annotations
@@ -87,16 +94,19 @@ def cpu_snapshot(pid: int) -> dict[str, Any]:
                 children[child.pid] = _cpu_seconds(child)
             except psutil.Error:
                 pass
-        return {"main": _cpu_seconds(main), "children": children}
+        times = main.cpu_times()
+        return {"main": times.user + times.system, "main_system": times.system,
+                "children": children}
     except psutil.Error:
-        return {"main": None, "children": {}}
+        return {"main": None, "main_system": None, "children": {}}
 
 
 def cpu_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float | None]:
     if before["main"] is None or after["main"] is None:
-        return {"main": None, "children": None}
+        return {"main": None, "main_system": None, "children": None}
     pool = sum(v - before["children"].get(pid, 0.0) for pid, v in after["children"].items())
-    return {"main": after["main"] - before["main"], "children": pool}
+    return {"main": after["main"] - before["main"],
+            "main_system": after["main_system"] - before["main_system"], "children": pool}
 
 
 def measure_drain(client: Any, worker: common.Worker, n: int, timeout: float) -> dict[str, Any]:
@@ -129,6 +139,8 @@ def measure_drain(client: Any, worker: common.Worker, n: int, timeout: float) ->
     return {"seconds": elapsed, "tasks_timed": taken,
             "tasks_per_second": taken / elapsed, "polls": seen["polls"],
             "cpu_ms_per_task_main": per_task["main"],
+            # The kernel's share of it (system calls: the sockets to Redis and the pipes).
+            "cpu_ms_per_task_main_system": per_task["main_system"],
             "cpu_ms_per_task_pool": per_task["children"]}
 
 
@@ -148,50 +160,78 @@ def tasker_total_runs(worker: common.Worker, n: int, timeout: float = 15.0) -> i
     return last
 
 
-class Runner:
-    """Runs one measurement at a time; a node's shutdown overlaps the next publish only."""
+#: Moves up to ARGV[1] messages from the staging list to the queue, oldest first,
+#: in one script: the worker sees the whole burst at once.
+MOVE_BURST = """
+local moved = 0
+for i = 1, tonumber(ARGV[1]) do
+  if not redis.call('RPOPLPUSH', KEYS[1], KEYS[2]) then break end
+  moved = moved + 1
+end
+return moved
+"""
+WARMUP_TASKS = 500
 
-    def __init__(self, client: Any, log_dir: Path) -> None:
+
+class Generation:
+    """One worker node per variant, running side by side, each fed bursts from its staging list."""
+
+    def __init__(self, client: Any, variants: list[str], label: str, log_dir: Path,
+                 burst: int, cycles: int) -> None:
         self.client = client
+        self.variants = variants
+        self.label = label
         self.log_dir = log_dir
-        self._stopping: common.Worker | None = None
+        self.burst = burst
+        self.cycles = cycles
+        self.workers: dict[str, common.Worker] = {}
+        self._move = client.register_script(MOVE_BURST)
 
-    def finish(self) -> None:
-        if self._stopping is not None:
-            self._stopping.stop()
-            common.delete_queue_keys(self.client, self._stopping.queue)
-            self._stopping = None
+    def queue(self, name: str) -> str:
+        return f"{common.SESSION}-{BENCH}-{name}-{self.label}"
 
-    def run(self, variant: Variant, label: str, n: int) -> dict[str, Any]:
-        client = self.client
-        queue = f"{common.SESSION}-{BENCH}-{variant.name}-{label}"
-        common.delete_queue_keys(client, queue)
-        started = time.monotonic()
-        pub = common.publish(variant.app, queue, count=n, processes=2 if n >= 2000 else 1)
-        queued = client.llen(queue)
-        if queued != n:
-            raise RuntimeError(f"published {n} but the queue holds {queued}")
-        self.finish()  # the previous node is gone before this one starts
-        if client.hlen("unacked"):
+    def staging(self, name: str) -> str:
+        return f"{self.queue(name)}-staging"
+
+    def start(self) -> None:
+        total = WARMUP_TASKS + self.burst * self.cycles
+        for name in self.variants:
+            common.publish(VARIANTS[name].app, self.staging(name), count=total,
+                           processes=2 if total >= 2000 else 1)
+            staged = self.client.llen(self.staging(name))
+            if staged != total:
+                raise RuntimeError(f"published {total} for {name} but staged {staged}")
+        if self.client.hlen("unacked"):
             raise RuntimeError("kombu's unacked hash is not empty before the run "
                                f"(db {common.REDIS_DB} must be used by the benchmark only)")
-        worker = common.start_worker(variant, queue, f"{queue}-w", self.log_dir)
-        try:
-            drain = measure_drain(client, worker, n, timeout=max(120.0, n / 20))
-            record: dict[str, Any] = {
-                "variant": variant.name, "round": label, "tasks": n,
-                "publish_seconds": pub["seconds"], **drain, "worker_argv": worker.argv[1:],
-            }
-            if variant.app == "tasker" and variant.name not in UNCOUNTED:
-                record["tasker_total_runs"] = tasker_total_runs(worker, n)
-        except BaseException:
+        for name in self.variants:
+            queue = self.queue(name)
+            self.workers[name] = common.start_worker(VARIANTS[name], queue, f"{queue}-w",
+                                                     self.log_dir)
+        for name in self.variants:  # a drained warm-up burst: the node is up and warm
+            self.run_burst(name, WARMUP_TASKS, timeout=120.0)
+
+    def run_burst(self, name: str, n: int, timeout: float | None = None) -> dict[str, Any]:
+        worker = self.workers[name]
+        moved = self._move(keys=[self.staging(name), worker.queue], args=[n])
+        if moved != n:
+            raise RuntimeError(f"{name}: staging list had {moved} messages, not {n}")
+        return measure_drain(self.client, worker, n, timeout or max(60.0, n / 20))
+
+    def check_counts(self) -> dict[str, int | None]:
+        """tasker nodes: ``total_runs`` of ``/metrics.json`` (should be all they ran)."""
+        expected = WARMUP_TASKS + self.burst * self.cycles
+        return {name: tasker_total_runs(self.workers[name], expected)
+                for name in self.variants
+                if VARIANTS[name].app == "tasker" and name not in UNCOUNTED}
+
+    def stop(self) -> None:
+        for worker in self.workers.values():
+            worker.begin_stop()
+        for worker in self.workers.values():
             worker.stop()
-            common.delete_queue_keys(client, queue)
-            raise
-        worker.begin_stop()
-        self._stopping = worker
-        record["wall_seconds"] = time.monotonic() - started
-        return record
+        for name in self.variants:
+            common.delete_queue_keys(self.client, self.queue(name))
 
 
 def summarize(runs: list[dict[str, Any]], variants: list[str]) -> list[dict[str, Any]]:
@@ -228,7 +268,9 @@ def summarize(runs: list[dict[str, Any]], variants: list[str]) -> list[dict[str,
             summary["paired_ratio_to_bare"] = common.spread(paired)
             summary["paired_ratio_to_bare"]["ci95"] = common.median_ci95(paired)
         if VARIANTS[name].app == "tasker" and name not in UNCOUNTED:
-            summary["all_counted"] = all(r.get("tasker_total_runs") == r["tasks"] for r in rs)
+            summary["all_counted"] = all(
+                r.get("tasker_total_runs") == r.get("tasker_expected_runs", r["tasks"])
+                for r in rs)
             if base_median:
                 summary["target_ratio"] = TARGET_RATIO
                 # The per-round (paired) median: robust to the machine's load drifting.
@@ -242,46 +284,64 @@ def round_order(variants: list[str], rnd: int) -> list[str]:
     return list(variants) if rnd % 2 else list(reversed(variants))
 
 
-def run_rounds(runner: Runner, results: common.Results, variants: list[str], n: int,
-               rounds: int, warmup: bool) -> list[dict[str, Any]]:
-    if warmup:
-        for name in variants:
-            progress(BENCH, f"warm-up {name} ({min(n, 1000)} tasks, not recorded)")
-            runner.run(VARIANTS[name], "warmup", min(n, 1000))
+def run_generations(client: Any, log_dir: Path, results: common.Results,
+                    variants: list[str], burst: int, generations: int,
+                    cycles: int) -> list[dict[str, Any]]:
     runs = []
-    for rnd in range(1, rounds + 1):
-        for name in round_order(variants, rnd):
-            record = runner.run(VARIANTS[name], str(rnd), n)
-            runs.append(record)
+    for gen in range(1, generations + 1):
+        progress(BENCH, f"generation {gen}/{generations}: staging "
+                        f"{WARMUP_TASKS + burst * cycles:,} messages per variant, "
+                        "starting the nodes")
+        generation = Generation(client, variants, f"g{gen}", log_dir, burst, cycles)
+        try:
+            generation.start()
+            records = []
+            for cycle in range(1, cycles + 1):
+                for name in round_order(variants, (gen - 1) * cycles + cycle):
+                    drain = generation.run_burst(name, burst)
+                    record = {"variant": name, "round": f"{gen}.{cycle}", "generation": gen,
+                              "tasks": burst, **drain,
+                              "worker_argv": generation.workers[name].argv[1:]}
+                    records.append(record)
+                    progress(BENCH, f"generation {gen} cycle {cycle}/{cycles} {name}: "
+                                    f"{record['tasks_per_second']:.0f} tasks/s "
+                                    f"({record['seconds']:.2f}s for {record['tasks_timed']})")
+            counts = generation.check_counts()
+        finally:
+            generation.stop()
+        for record in records:
+            if record["variant"] in counts:
+                record["tasker_total_runs"] = counts[record["variant"]]
+                record["tasker_expected_runs"] = WARMUP_TASKS + burst * cycles
             results.write("run", record)
-            progress(BENCH, f"round {rnd}/{rounds} {name}: "
-                            f"{record['tasks_per_second']:.0f} tasks/s "
-                            f"({record['seconds']:.2f}s for {record['tasks_timed']})")
+        runs += records
     return runs
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = common.base_parser("python -m bench.overhead", __doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, help="tasks per run (default 5000; quick 500)")
-    parser.add_argument("--rounds", type=int,
-                        help="rounds of A B C / C B A (default 15; quick 1)")
+    parser.add_argument("--tasks", type=int, help="tasks per burst (default 2000; quick 300)")
+    parser.add_argument("--generations", type=int,
+                        help="times the nodes are started afresh (default 4; quick 1)")
+    parser.add_argument("--cycles", type=int,
+                        help="bursts per variant in each generation (default 8; quick 2)")
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                         help=f"comma-separated, from: {', '.join(VARIANTS)}")
-    parser.add_argument("--no-warmup", action="store_true",
-                        help="skip the unrecorded warm-up run of each variant")
     args = parser.parse_args(argv)
-    n = args.tasks or (500 if args.quick else 5000)
-    rounds = args.rounds or (1 if args.quick else 15)
+    n = args.tasks or (300 if args.quick else 2000)
+    generations = args.generations or (1 if args.quick else 4)
+    cycles = args.cycles or (2 if args.quick else 8)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
-    warmup = not args.no_warmup and not args.quick
 
     results = common.Results(BENCH, args, {
-        "tasks_per_run": n, "rounds": rounds, "variants": variants, "baseline": BASELINE,
+        "tasks_per_burst": n, "generations": generations, "cycles": cycles,
+        "rounds": generations * cycles, "warmup_tasks": WARMUP_TASKS,
+        "variants": variants, "baseline": BASELINE,
         "variant_descriptions": {v: VARIANTS[v].description for v in variants},
-        "worker_args": list(common.COMMON_WORKER_ARGS), "warmup": warmup,
+        "worker_args": list(common.COMMON_WORKER_ARGS),
         "target_ratio": TARGET_RATIO, "concurrency": 2, "broker": common.REDIS_URL,
     })
     client = common.redis_client()
@@ -291,20 +351,16 @@ def main(argv: list[str] | None = None) -> int:
         if stale:
             progress(BENCH, f"removed {stale} unacked messages left by earlier benchmark runs")
         with tempfile.TemporaryDirectory(prefix="tasker-bench-logs-") as logs:
-            log_dir = Path(logs)
-            runner = Runner(client, log_dir)
-            try:
-                runs = run_rounds(runner, results, variants, n, rounds, warmup)
-            finally:
-                runner.finish()
+            runs = run_generations(client, Path(logs), results, variants, n, generations,
+                                   cycles)
             for summary in summarize(runs, variants):
                 results.write("summary", summary)
                 paired = summary.get("paired_ratio_to_bare")
                 progress(BENCH, f"{summary['variant']}: median "
                                 f"{summary['tasks_per_second']['median']:.0f} tasks/s"
-                                + (f", {paired['median']:.3f} x bare (median of rounds, "
+                                + (f", {paired['median']:.3f} x bare (median of cycles, "
                                    f"95% CI {paired['ci95'][0]:.3f}-{paired['ci95'][1]:.3f}, "
-                                   f"rounds {paired['min']:.3f}-{paired['max']:.3f})"
+                                   f"cycles {paired['min']:.3f}-{paired['max']:.3f})"
                                    if paired else ""))
         ok = True
     finally:

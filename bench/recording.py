@@ -5,8 +5,9 @@
 Activates recording the way a worker node does (:mod:`tasker.metrics.bootstep`:
 ``_use_multiprocess_values(dir)``, ``create_metrics()``, ``NodeState.create``,
 ``recording.activate(Recorder(...))``) on a temporary multiprocess directory,
-then calls the receivers of :mod:`tasker.metrics.recording` directly, with the
-keyword arguments Celery sends:
+then sends Celery's task signals the way Celery does (``Signal.send`` with
+the keyword arguments Celery's tracer and consumer pass), so every receiver
+tasker connects and Celery's own dispatch are measured:
 
 * MainProcess, per task: ``task_received``;
 * pool process, per successful task: ``task_prerun``, ``task_success``,
@@ -104,15 +105,19 @@ def main(argv: list[str] | None = None) -> int:
         received_request = SimpleNamespace(name=task.name, delivery_info=delivery_info)
         ids = [str(uuid.uuid4()) for _ in range(iterations)]
 
+        from celery import signals
+
         def main_process(n: int) -> None:
-            receiver = recording._on_received
+            send = signals.task_received.send
             for _ in range(n):
-                receiver(sender=None, request=received_request)
+                send(sender=None, request=received_request)
 
         def pool_process(n: int) -> dict[str, float]:
             """Seconds spent in each receiver over ``n`` tasks (the request push is excluded)."""
-            prerun, success, postrun = (recording._on_prerun, recording._on_success,
-                                        recording._on_postrun)
+            # Celery's tracer skips a signal that has no receivers at all.
+            prerun, success, postrun = (
+                signal.send if signal.receivers else (lambda **_: None)
+                for signal in (signals.task_prerun, signals.task_success, signals.task_postrun))
             clock = time.perf_counter
             t_pre = t_suc = t_post = 0.0
             for i in range(n):

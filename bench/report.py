@@ -238,23 +238,28 @@ def overhead_section(b: Bench) -> list[str]:
                      medians, rng(s["cpu_ms_per_task_main"], 2), rng(s["cpu_ms_per_task_pool"], 2),
                      cpu_ratio, str(s["tasks_per_second"]["n"])])
     out = ["## 1. Throughput overhead", "", *b.provenance(), "",
-           f"{p['tasks_per_run']:,} no-op tasks (`diagnostics.noop`, the same empty body in "
-           f"both apps) are published to a fresh Redis queue, then a worker node "
-           f"(`celery worker {' '.join(p['worker_args'])}`) is started on it. The benchmark "
-           "polls only the broker (the queue's `LLEN` and kombu's `unacked` hash); the clock "
-           "runs from the first poll that finds a message taken to the first that finds both "
-           "empty, so measuring asks nothing of the worker. Variants run interleaved "
-           f"({' '.join(p['variants'])}, then in reverse order, {p['rounds']} rounds"
-           + (", after one unrecorded warm-up run each" if p.get("warmup") else "")
-           + "). Single runs of the same code differ by ±15 % on this shared machine, so the "
-           "run is many short rounds rather than a few long ones. The ratio that counts is "
-           "taken per round (each variant ÷ the bare run of the same round, seconds apart), "
-           "shown as the median of the rounds with its 95 % bootstrap confidence interval "
-           "and the min–max of the rounds; the ratio of the two medians is shown beside it. "
-           "CPU per task is the CPU time of the "
-           "node's MainProcess and of its two pool processes together over the timed interval, "
-           "divided by the tasks in it (read from `/proc`, so it costs the worker nothing); "
-           "it is less sensitive to other jobs on the machine than tasks/s.", "",
+           f"Bursts of {p['tasks_per_burst']:,} no-op tasks (`diagnostics.noop`, the same "
+           "empty body in both apps). The machine's speed drifts: the MainProcess's CPU per "
+           "task moved by up to 60 % between runs ten seconds apart, for every variant alike. "
+           "So the variants are compared in bursts a second or two apart, on nodes that are "
+           f"already running. Each of {p['generations']} generations starts one worker node "
+           f"per variant side by side (`celery worker {' '.join(p['worker_args'])}`), each on "
+           "its own queue, after filling a staging list per variant through that variant's "
+           "own publisher. Each node gets an unrecorded warm-up burst of "
+           f"{p['warmup_tasks']:,} tasks, then {p['cycles']} cycles give every node in turn a "
+           "burst, moved from its staging list into its queue by one atomic Redis script (the "
+           "burst appears at once; nothing is published while a burst is timed); the order "
+           f"of the variants ({' '.join(p['variants'])}) alternates from cycle to cycle. "
+           "The nodes not being timed sit idle in a blocking `BRPOP`. The benchmark polls "
+           "only the broker (the queue's `LLEN` and kombu's `unacked` hash); the clock runs "
+           "from the first poll that finds a message taken to the first that finds both "
+           "empty, so measuring asks nothing of the worker. The ratio that counts is taken "
+           "per cycle (each variant ÷ the bare burst of the same cycle, seconds apart), shown "
+           f"as the median of the {p['rounds']} cycles with its 95 % bootstrap confidence "
+           "interval and the min–max of the cycles; the ratio of the two medians is shown "
+           "beside it. CPU per task is the CPU time of the node's MainProcess and of its two "
+           "pool processes together over the timed interval, divided by the tasks in it (read "
+           "from `/proc`, so it costs the worker nothing).", "",
            *table(["variant", "tasks/s, median (min–max)", "÷ bare, per round",
                    "÷ bare, medians", "MainProcess CPU ms/task", "pool CPU ms/task (both)",
                    "node CPU/task ÷ bare, per round", "runs"], rows), ""]
@@ -316,10 +321,10 @@ def overhead_section(b: Bench) -> list[str]:
         text += ("The overhead is a fixed amount of CPU per task, so it shows most with empty "
                  "tasks at full speed, and its share falls as tasks do more work. ")
         if t.get("all_counted") is not None:
-            text += ("Every run's `/metrics.json` counted all the tasks it ran "
+            text += ("Every tasker node's `/metrics.json` counted all the tasks it ran "
                      if t["all_counted"] else
-                     "**Some runs' `/metrics.json` did not count every task** ")
-            text += "(checked after the clock stopped)."
+                     "**Some tasker nodes' `/metrics.json` did not count every task** ")
+            text += "(checked at the end of each generation)."
         out += [text, ""]
     return out
 

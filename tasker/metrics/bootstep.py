@@ -31,6 +31,7 @@ from tasker.metrics.node import EXIT_MARKER, PROC_MARKER, Node, WorkerView
 from tasker.metrics.node_state import FILE_NAME as NODE_STATE_FILE
 from tasker.metrics.node_state import NodeState
 from tasker.metrics.server import MetricsServer, MetricsServerError
+from tasker.metrics.values import multiprocess_value_class
 from tasker.settings import Settings, get_settings
 
 __all__ = ["TaskerMetricsStep", "DecodeErrorCounter", "current_node", "HOUSEKEEPING_INTERVAL"]
@@ -54,7 +55,8 @@ def _use_multiprocess_values(directory: str) -> None:
     from prometheus_client import values
 
     values.MmapedDict = AllocatedMmapedDict  # type: ignore[misc]
-    values.ValueClass = values.MultiProcessValue(identity.process_identifier)
+    values.ValueClass = multiprocess_value_class(identity.process_identifier,
+                                                 AllocatedMmapedDict)
 
 
 class AllocatedMmapedDict(MmapedDict):

@@ -6,8 +6,11 @@ Which process runs what (prefork pool):
   ``task_unknown``, and ``task_failure`` for hard time limits, lost processes
   (``WorkerLostError``) and ``Reject(requeue=False)``. The MainProcess is the
   node's throughput bottleneck, so it does one counter increment per task.
-* Pool process: ``task_prerun``, ``task_postrun``, ``task_success``,
-  ``task_retry`` and ordinary ``task_failure``.
+* Pool process: ``task_prerun``, ``task_postrun``, ``task_retry`` and
+  ordinary ``task_failure``. A success is counted by the ``task_postrun``
+  receiver from the ``state`` Celery passes it (``SUCCESS``), not by a
+  ``task_success`` receiver: Celery skips a signal nobody listens to, and
+  every dispatch costs the pool process about 2.5 µs per task (BENCHMARKS.md).
 
 Recording is inert until a worker node calls :func:`activate` (see
 :mod:`tasker.metrics.bootstep`), so publishers and tools that import tasker
@@ -42,9 +45,9 @@ from celery.signals import (
     task_rejected,
     task_retry,
     task_revoked,
-    task_success,
     task_unknown,
 )
+from celery.states import SUCCESS
 
 from tasker.correlation import PUBLISHED_AT_HEADER
 from tasker.metrics.definitions import TaskMetrics
@@ -165,21 +168,20 @@ class Recorder:
             start_from = eta if eta is not None and eta > published else published
             series.queue_wait.observe(max(0.0, now - start_from))
 
-    def on_postrun(self, task_id: str, task: Any) -> None:
+    def on_postrun(self, task_id: str, task: Any, state: str | None = None) -> None:
         entry = self._started.pop(task_id, None)
-        if entry is None:
+        if entry is None:  # prerun's recording failed: keep the gauge balanced
             self.child(self.metrics.tasks_active, self.worker).dec()
+            if state == SUCCESS:
+                self.series_of(task).succeeded.inc()
             return
         started, series = entry
-        series.active.dec()
         runtime = time.perf_counter() - started
+        series.active.dec()
+        if state == SUCCESS:
+            series.succeeded.inc()
         series.runtime.observe(runtime)
         self.node_state.record_finished(runtime, time.time())
-
-    def on_success(self, task: Any) -> None:
-        entry = self._started.get(task.request.id)
-        series = entry[1] if entry is not None else self.series_of(task)
-        series.succeeded.inc()
 
     def on_retry(self, task: Any, request: Any) -> None:
         name = getattr(request, "task", None) or task.name
@@ -325,14 +327,20 @@ def _guarded(stage: str) -> Callable[[F], F]:
                 return
             try:
                 fn(recorder, *args, **kwargs)
-            except OSError as exc:  # the directory: unwritable or full
-                stop_recording(recorder, exc)
             except Exception as exc:  # noqa: BLE001 - metrics must never fail a task
-                _count_own_failure(recorder, stage, exc)
+                _record_failed(recorder, stage, exc)
 
         return receiver  # type: ignore[return-value]
 
     return decorate
+
+
+def _record_failed(recorder: Recorder, stage: str, exc: Exception) -> None:
+    """A receiver failed: an unwritable directory stops recording, anything else is counted."""
+    if isinstance(exc, OSError):
+        stop_recording(recorder, exc)
+    else:
+        _count_own_failure(recorder, stage, exc)
 
 
 _failures_logged: set[str] = set()
@@ -356,24 +364,29 @@ def _on_received(recorder: Recorder, sender: Any = None, request: Any = None, **
     recorder.on_received(request)
 
 
+# The two receivers every task runs through in its pool process are written
+# out rather than wrapped by _guarded: one call layer less per task.
+
+
 @task_prerun.connect(weak=False)
-@_guarded("prerun")
-def _on_prerun(recorder: Recorder, sender: Any = None, task_id: str = "", task: Any = None,
-               **_: Any) -> None:
-    recorder.on_prerun(task_id, task or sender)
+def _on_prerun(sender: Any = None, task_id: str = "", task: Any = None, **_: Any) -> None:
+    recorder = _recorder
+    if recorder is not None:
+        try:
+            recorder.on_prerun(task_id, task or sender)
+        except Exception as exc:  # noqa: BLE001 - metrics must never fail a task
+            _record_failed(recorder, "prerun", exc)
 
 
 @task_postrun.connect(weak=False)
-@_guarded("postrun")
-def _on_postrun(recorder: Recorder, sender: Any = None, task_id: str = "", task: Any = None,
-                **_: Any) -> None:
-    recorder.on_postrun(task_id, task or sender)
-
-
-@task_success.connect(weak=False)
-@_guarded("success")
-def _on_success(recorder: Recorder, sender: Any = None, **_: Any) -> None:
-    recorder.on_success(sender)
+def _on_postrun(sender: Any = None, task_id: str = "", task: Any = None,
+                state: str | None = None, **_: Any) -> None:
+    recorder = _recorder
+    if recorder is not None:
+        try:
+            recorder.on_postrun(task_id, task or sender, state)
+        except Exception as exc:  # noqa: BLE001 - metrics must never fail a task
+            _record_failed(recorder, "postrun", exc)
 
 
 @task_failure.connect(weak=False)

@@ -311,8 +311,7 @@ def test_allocation_failure_stops_recording_once(tmp_path: Path, monkeypatch: py
         assert type(db.current_observer()) is db.PoolObserver
         # Its task runs: the receivers do nothing, and raise nothing.
         recording._on_prerun(sender=task, task_id="t1", task=task)
-        recording._on_success(sender=task)
-        recording._on_postrun(sender=task, task_id="t1", task=task)
+        recording._on_postrun(sender=task, task_id="t1", task=task, state="SUCCESS")
 
         # Pool process 2 passed its start, then fails in a task's receiver.
         process[0] = "1002-1"

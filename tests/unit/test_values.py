@@ -1,0 +1,117 @@
+"""tasker's multiprocess value class writes what prometheus_client's own would write."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client import Counter, Gauge, Histogram, values
+from prometheus_client.mmap_dict import MmapedDict
+
+from tasker.metrics.values import multiprocess_value_class
+
+
+@pytest.fixture
+def use_values(monkeypatch: pytest.MonkeyPatch) -> Iterator[list]:
+    """Install a value class for metrics created afterwards; close its files at the end."""
+    installed: list = []
+
+    def install(directory: Path, cls: type) -> None:
+        monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(directory))
+        monkeypatch.setattr(values, "ValueClass", cls)
+        installed.append(cls)
+
+    yield install  # type: ignore[misc]
+    for cls in installed:
+        cls.close_all_files()
+
+
+def _record(prefix: str) -> None:
+    """The same updates, on metrics of the given name prefix."""
+    tasks = Counter(f"{prefix}_tasks", "Tasks.", ["task", "queue"], registry=None)
+    runtime = Histogram(f"{prefix}_runtime_seconds", "Runtime.", ["task"],
+                        buckets=(0.01, 0.1, 1.0), registry=None)
+    active = Gauge(f"{prefix}_active", "Active.", multiprocess_mode="livesum", registry=None)
+    tasks.labels("a", "q").inc()
+    tasks.labels("b", "q").inc(2.5)
+    tasks.labels("a", "q").inc()
+    for seconds in (0.005, 0.05, 0.5, 5.0):
+        runtime.labels("a").observe(seconds)
+    active.inc()
+    active.inc()
+    active.dec()
+    active.set(7)
+
+
+def test_files_are_byte_for_byte_those_of_prometheus_client(tmp_path: Path, use_values) -> None:
+    stock_dir, ours_dir = tmp_path / "stock", tmp_path / "ours"
+    stock_dir.mkdir()
+    ours_dir.mkdir()
+    use_values(stock_dir, values.MultiProcessValue(lambda: "p1"))
+    _record("vv")
+    use_values(ours_dir, multiprocess_value_class(lambda: "p1"))
+    _record("vv")
+
+    stock_files = sorted(p.name for p in stock_dir.iterdir())
+    assert stock_files == ["counter_p1.db", "gauge_livesum_p1.db", "histogram_p1.db"]
+    assert sorted(p.name for p in ours_dir.iterdir()) == stock_files
+    for name in stock_files:
+        assert (ours_dir / name).read_bytes() == (stock_dir / name).read_bytes(), name
+
+
+def _file_values(path: Path) -> dict[str, float]:
+    return {key: value for key, value, _, _ in MmapedDict.read_all_values_from_file(str(path))}
+
+
+def test_a_forked_child_writes_its_own_file(tmp_path: Path, use_values) -> None:
+    use_values(tmp_path, multiprocess_value_class(lambda: str(os.getpid())))
+    counter = Counter("fork_tasks", "Tasks.", registry=None)
+    counter.inc()
+    pid = os.fork()
+    if pid == 0:  # the child: one update, then leave without cleanup
+        try:
+            counter.inc(5)
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert status == 0
+    counter.inc()
+
+    parent = _file_values(tmp_path / f"counter_{os.getpid()}.db")
+    child = _file_values(tmp_path / f"counter_{pid}.db")
+    assert list(parent.values()) == [2.0]  # the child's update did not land here
+    assert list(child.values()) == [5.0]  # nor did the parent's count carry over
+
+
+def test_updates_from_threads_are_not_lost(tmp_path: Path, use_values) -> None:
+    use_values(tmp_path, multiprocess_value_class(lambda: "p1"))
+    counter = Counter("threads_tasks", "Tasks.", registry=None)
+
+    def work() -> None:
+        for _ in range(5000):
+            counter.inc()
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert list(_file_values(tmp_path / "counter_p1.db").values()) == [20000.0]
+
+
+def test_values_written_after_the_file_grew_land(tmp_path: Path, use_values) -> None:
+    use_values(tmp_path, multiprocess_value_class(lambda: "p1"))
+    counter = Counter("grow_tasks", "Tasks.", ["task"], registry=None)
+    first = counter.labels("first")
+    first.inc()
+    long = "x" * 300
+    for i in range(4000):  # about 1.3 MB of keys: past the initial 1 MiB map
+        counter.labels(f"{long}{i}").inc(i)
+    first.inc()  # written through the grown map
+    assert (tmp_path / "counter_p1.db").stat().st_size > 1024 * 1024
+    found = _file_values(tmp_path / "counter_p1.db")
+    assert found[next(k for k in found if '"first"' in k)] == 2.0
+    assert found[next(k for k in found if f"{long}3999" in k)] == 3999.0
