@@ -10,8 +10,9 @@ the keyword arguments Celery's tracer and consumer pass), so every receiver
 tasker connects and Celery's own dispatch are measured:
 
 * MainProcess, per task: ``task_received``;
-* pool process, per successful task: ``task_prerun``, ``task_success``,
-  ``task_postrun`` (the task object is tasker's real ``diagnostics.noop`` with
+* pool process, per successful task: ``task_prerun``, ``task_success`` (which
+  tasker does not connect: Celery's tracer then skips it) and ``task_postrun``
+  (the task object is tasker's real ``diagnostics.noop`` with
   a request pushed as the worker does, carrying a publish stamp, so the
   queue-wait histogram is observed too).
 
@@ -173,17 +174,19 @@ def main(argv: list[str] | None = None) -> int:
             measured[f"pool_{stage}"] = common.spread(r[stage] for r in per_repeat)
         measured["pool_process_per_task"] = common.spread(sum(r.values()) for r in per_repeat)
         for name, what in (("pool_process_per_task",
-                            "task_prerun + task_success + task_postrun receivers (pool process)"),
-                           ("pool_prerun", "task_prerun receiver"),
-                           ("pool_success", "task_success receiver"),
-                           ("pool_postrun", "task_postrun receiver")):
+                            "task_prerun + task_success + task_postrun, dispatch included "
+                            "(pool process)"),
+                           ("pool_prerun", "task_prerun"),
+                           ("pool_success", "task_success (no tasker receiver)"),
+                           ("pool_postrun", "task_postrun")):
             results.write("run", {"case": name, "what": what, "iterations": iterations,
                                   "us_per_call": measured[name]})
             progress(BENCH, f"{name}: {measured[name]['median']:.2f} us "
                             f"({measured[name]['min']:.2f}-{measured[name]['max']:.2f})")
 
         cases = {
-            "main_process_per_task": (main_process, "task_received receiver (MainProcess)", 5),
+            "main_process_per_task": (main_process,
+                                      "task_received, dispatch included (MainProcess)", 5),
             "node_state_record_finished": (node_state_update,
                                            "NodeState.record_finished() in a pool process "
                                            "(its own slot, no lock; part of task_postrun)", 1),

@@ -101,6 +101,7 @@ class Recorder:
         self._queue_names = queue_names
         self._started: dict[str, tuple[float, _TaskSeries]] = {}
         self._series: dict[tuple[str, str | None, str | None], _TaskSeries] = {}
+        self._received: dict[tuple[str | None, str | None, str | None], Any] = {}
         self._exceptions: set[str] = set()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         #: Pool processes that stopped recording, node-wide (set by the worker node).
@@ -206,8 +207,16 @@ class Recorder:
     # MainProcess side ------------------------------------------------------
 
     def on_received(self, request: Any) -> None:
-        self.child(self.metrics.received, self.task_label(request.name),
-                   self.queue_label(request.delivery_info)).inc()
+        # The MainProcess, once per message: one dict lookup finds the series.
+        info = request.delivery_info or {}
+        key = (request.name, info.get("exchange"), info.get("routing_key"))
+        found = self._received.get(key)
+        if found is None:
+            found = self.metrics.received.labels(self.task_label(request.name),
+                                                 self.queue_label(info))
+            if len(self._received) < 10_000:  # bounded, as the series cache
+                self._received[key] = found
+        found.inc()
 
     def on_revoked(self, task: Any, request: Any) -> None:
         name = getattr(request, "task", None) or getattr(task, "name", None)
