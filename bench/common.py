@@ -139,8 +139,13 @@ def machine_info() -> dict[str, Any]:
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
                                 capture_output=True, text=True, timeout=5).stdout.strip() or None
+        # Changed code (results files and logs aside) means the figures are not the commit's.
+        changed = subprocess.run(["git", "status", "--porcelain", "--", "tasker", "bench",
+                                  ":!bench/results"], cwd=REPO, capture_output=True, text=True,
+                                 timeout=5).stdout.strip()
+        dirty = bool(changed) if commit else None
     except (OSError, subprocess.SubprocessError):
-        commit = None
+        commit, dirty = None, None
     return {
         "hostname": socket.gethostname(),
         "cpu_model": model,
@@ -154,6 +159,7 @@ def machine_info() -> dict[str, Any]:
             "celery", "kombu", "billiard", "redis", "prometheus_client", "psycopg",
             "psycopg-pool", "tasker")},
         "git_commit": commit,
+        "git_dirty": dirty,
         "redis_server": _redis_server_version(),
     }
 

@@ -76,7 +76,8 @@ class Bench:
         load = m["machine"].get("load_average")
         took = f", took {self.end['seconds']:.0f} s" if self.end else ""
         raw = self.path.relative_to(REPO) if self.path.is_relative_to(REPO) else self.path
-        return [f"Command: `{m['command']}`{via}; started {when}{took}; "
+        return [f"Command: `{m['command']}`{via}; tasker at {_code_version(m['machine'])}; "
+                f"started {when}{took}; "
                 f"load average at start {', '.join(str(x) for x in load or [])}. "
                 f"Raw results: `{raw}`."]
 
@@ -93,8 +94,19 @@ def load(results_dir: Path, mode: str) -> dict[str, Bench]:
 # ---------------------------------------------------------------------- sections
 
 
+def _code_version(m: dict[str, Any]) -> str:
+    """Which code a benchmark ran: the commit, and whether the tree had changes."""
+    commit = m.get("git_commit")
+    if not commit:
+        return "an unknown commit"
+    dirty = m.get("git_dirty")
+    return f"commit `{commit}`" + (" plus uncommitted changes" if dirty else
+                                  "" if dirty is False else " (tree state not recorded)")
+
+
 def machine_section(benches: dict[str, Bench]) -> list[str]:
     m = next(iter(benches.values())).meta["machine"]
+    versions = sorted({_code_version(b.meta["machine"]) for b in benches.values()})
     v = m["versions"]
     mem = m["memory_bytes"] / 2**30
     return [
@@ -106,7 +118,7 @@ def machine_section(benches: dict[str, Bench]) -> list[str]:
         f"billiard {v.get('billiard')}, redis-py {v.get('redis')}, "
         f"prometheus_client {v.get('prometheus_client')}, psycopg {v.get('psycopg')}; "
         f"Redis server {m.get('redis_server')} on loopback; tasker {v.get('tasker')} "
-        f"at commit `{m.get('git_commit')}` (plus uncommitted work in the tree)",
+        f"at {' / '.join(versions)} (each section names its own)",
         "- The machine is shared with other jobs (see the load average of each run "
         "below), so absolute figures move from run to run. Comparisons are therefore "
         "made inside one run, with the variants interleaved, and reported as ratios "
@@ -123,7 +135,7 @@ def headline(benches: dict[str, Bench]) -> list[str]:
         if t and "paired_ratio_to_bare" in t:
             v, note = _throughput_verdict(t["paired_ratio_to_bare"], t["target_ratio"])
             rows.append(["Throughput, tasker ÷ bare Celery (no-op tasks, prefork -c 2, Redis): "
-                         "median of per-round ratios",
+                         "median of per-cycle ratios (bursts seconds apart)",
                          _ratio_text(t["paired_ratio_to_bare"]) + (f"; {note}" if note else ""),
                          f"≥ {t['target_ratio']}", v])
             cpu = _paired(ob, "tasker", _cpu_total)
@@ -181,7 +193,7 @@ def _overhead_summary(b: Bench) -> dict[str, dict[str, Any]]:
 
 
 def _paired(b: Bench, variant: str, value: Any) -> dict[str, Any] | None:
-    """Spread of per-round ratios ``value(run of variant) / value(bare run, same round)``."""
+    """Spread of per-cycle ratios ``value(burst of variant) / value(bare burst, same cycle)``."""
     from bench.common import spread
 
     base = {r["round"]: r for r in b.runs if r["variant"] == b.params["baseline"]}
@@ -201,14 +213,14 @@ def _cpu_total(r: dict[str, Any]) -> float | None:
 
 
 def _throughput_verdict(paired: dict[str, Any], target: float) -> tuple[str, str]:
-    """(verdict, note) for a throughput ratio against its target (median of paired rounds)."""
+    """(verdict, note) for a throughput ratio against its target (median of paired cycles)."""
     met = paired["median"] >= target
     note = ""
     ci = paired.get("ci95")
     if ci is not None and ci[0] < target <= ci[1]:
         note = "the target lies inside the 95 % confidence interval"
     elif ci is None and paired["min"] < target <= paired["max"]:
-        note = "the rounds lie on both sides of the target"
+        note = "the cycles lie on both sides of the target"
     return verdict(met), note
 
 
@@ -216,7 +228,7 @@ def _ratio_text(paired: dict[str, Any]) -> str:
     ci = paired.get("ci95")
     return (f"{num(paired['median'], 3)} ("
             + (f"95 % CI {num(ci[0], 3)}–{num(ci[1], 3)}; " if ci is not None else "")
-            + f"rounds {num(paired['min'], 3)}–{num(paired['max'], 3)})")
+            + f"cycles {num(paired['min'], 3)}–{num(paired['max'], 3)})")
 
 
 def overhead_section(b: Bench) -> list[str]:
@@ -260,9 +272,9 @@ def overhead_section(b: Bench) -> list[str]:
            "beside it. CPU per task is the CPU time of the node's MainProcess and of its two "
            "pool processes together over the timed interval, divided by the tasks in it (read "
            "from `/proc`, so it costs the worker nothing).", "",
-           *table(["variant", "tasks/s, median (min–max)", "÷ bare, per round",
+           *table(["variant", "tasks/s, median (min–max)", "÷ bare, per cycle",
                    "÷ bare, medians", "MainProcess CPU ms/task", "pool CPU ms/task (both)",
-                   "node CPU/task ÷ bare, per round", "runs"], rows), ""]
+                   "node CPU/task ÷ bare, per cycle", "bursts"], rows), ""]
     t, bare = summ.get("tasker"), summ.get(p["baseline"])
     if t and bare and "paired_ratio_to_bare" in t:
         paired = t["paired_ratio_to_bare"]
@@ -271,19 +283,19 @@ def overhead_section(b: Bench) -> list[str]:
         v, note = _throughput_verdict(paired, t["target_ratio"])
         text = (f"**What it means.** On this machine a tasker node finished {pct(ratio)} "
                 f"{direction} no-op tasks per second than a bare Celery node in the median "
-                f"round (target: at most {pct(t['target_ratio'])} fewer; {v}"
+                f"cycle (target: at most {pct(t['target_ratio'])} fewer; {v}"
                 + (f"; the 95 % confidence interval of that median, "
                    f"{num(paired['ci95'][0], 3)}–{num(paired['ci95'][1], 3)}, contains the "
                    "target, so this run alone cannot settle it"
                    if note and paired.get("ci95") is not None else
-                   f"; the per-round ratios, {num(paired['min'], 3)}–{num(paired['max'], 3)}, "
+                   f"; the per-cycle ratios, {num(paired['min'], 3)}–{num(paired['max'], 3)}, "
                    "lie on both sides of the target, so this run alone cannot settle it"
                    if note else "")
                 + f"; the ratio of the two medians was {num(t['ratio_to_bare'], 3)}). ")
         cpu = _paired(b, "tasker", _cpu_total)
         if cpu:
-            text += (f"The steadier measure, CPU per task for the whole node, was "
-                     f"{num(cpu['median'], 3)}× bare Celery's (rounds {num(cpu['min'], 3)}–"
+            text += (f"CPU per task for the whole node was "
+                     f"{num(cpu['median'], 3)}× bare Celery's (cycles {num(cpu['min'], 3)}–"
                      f"{num(cpu['max'], 3)}). ")
         mo = summ.get("tasker_main_only")
         if mo and "paired_ratio_to_bare" in mo:
