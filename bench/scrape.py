@@ -14,9 +14,10 @@ prometheus_client's ``MmapedDict`` format with varied values.
 On the same directory, in the same run, alternating, it times:
 
 * stock: ``generate_latest`` of a registry holding ``MultiProcessCollector``;
-* tasker: ``generate_latest`` over ``MetricStore(dir).read().families()``, with
-  the store kept between scrapes as the node keeps it. The first (cold) scrape
-  is reported on its own.
+* tasker: what a node serves, ``TextExposition.render`` over
+  ``MetricStore(dir).read().families()``, with the store and the exposition
+  (its cached line prefixes) kept between scrapes as the node keeps them. The
+  first (cold) scrape is reported on its own.
 
 and checks once per case that both expositions hold the same samples.
 
@@ -194,18 +195,20 @@ def stock_scraper(directory: str, merge_only: bool = False) -> Any:
 
 
 def tasker_scraper(directory: str, live: set[str]) -> Any:
-    """A scrape function; ``.merge_only`` on it times the same store without the text."""
-    from prometheus_client import generate_latest
-
+    """A scrape function; ``.merge_only`` on it times the same store without the text,
+    ``.render`` the same exposition without reading the files."""
+    from tasker.metrics.exposition import TextExposition
     from tasker.metrics.store import MetricStore
 
     store = MetricStore(directory, is_alive=live.__contains__)
     families = _Families(store)
+    exposition = TextExposition()
 
     def scrape() -> bytes:
-        return generate_latest(families)
+        return exposition.render(families)
 
     scrape.merge_only = families.collect  # type: ignore[attr-defined]
+    scrape.render = exposition.render  # type: ignore[attr-defined]
     return scrape
 
 
@@ -219,15 +222,17 @@ class _Static:
         return self.families
 
 
-def timed_split(collect: Any) -> tuple[float, float]:
-    """(seconds to build the families, seconds for generate_latest to format them)."""
+def timed_split(collect: Any, render: Any = None) -> tuple[float, float]:
+    """(seconds to build the families, seconds for ``render`` to format them;
+    prometheus_client's ``generate_latest`` unless another is given)."""
     from prometheus_client import generate_latest
 
+    render = render or generate_latest
     gc.collect()
     t0 = time.perf_counter()
     families = list(collect())
     t1 = time.perf_counter()
-    generate_latest(_Static(families))
+    render(_Static(families))
     return t1 - t0, time.perf_counter() - t1
 
 
@@ -292,7 +297,7 @@ def run_matrix(results: common.Results, shape: Shape, names: list[str], repeats:
                     merge, fmt = timed_split(stock_collect)
                     stock_merge.append(merge)
                     stock_format.append(fmt)
-                    merge, fmt = timed_split(tasker.merge_only)
+                    merge, fmt = timed_split(tasker.merge_only, tasker.render)
                     tasker_merge.append(merge)
                     tasker_format.append(fmt)
             match = same_samples(stock_out, tasker_out)

@@ -19,9 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.metrics_core import Metric
+
+from tasker.metrics.exposition import TextExposition
 
 __all__ = ["MetricsServer", "MetricsServerError", "REQUEST_TIMEOUT", "SERVER_THREADS"]
 
@@ -118,6 +120,7 @@ class MetricsServer:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_FamiliesCollector(families))  # type: ignore[arg-type]
         self._registry = registry
+        self._exposition = TextExposition()
         self._snapshot, self._health, self._token = snapshot, health, token
         self._httpd: _BoundedHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -185,7 +188,7 @@ class MetricsServer:
                     return
                 try:
                     if path == "/metrics":
-                        body = generate_latest(server._registry)
+                        body = server._exposition.render(server._registry)
                         # Classic text format 0.0.4: every Prometheus 2.x parses it, and
                         # tasker's names need none of 1.0.0's UTF-8 escaping.
                         self._send(200, CONTENT_TYPE_PLAIN_0_0_4, body)
