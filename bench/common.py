@@ -314,6 +314,7 @@ class Variant:
         description: one line for the report.
         worker_args: extra ``celery worker`` arguments (e.g. ``-E``).
         env: extra environment of the worker node (e.g. a tracing switch).
+        publish_args: extra :mod:`bench.publish` arguments (e.g. ``--tasker-headers``).
     """
 
     name: str
@@ -321,6 +322,7 @@ class Variant:
     description: str
     worker_args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
+    publish_args: tuple[str, ...] = ()
 
     @property
     def celery_app(self) -> str:
@@ -445,9 +447,11 @@ def wait_until(worker: Worker, check: Callable[[], tuple[bool, str]], timeout: f
 def publish(app: str, queue: str, *, count: int | None = None, task: str = "diagnostics.noop",
             latency_key: str | None = None, rate: float | None = None,
             duration: float | None = None, timeout: float = 600.0,
-            processes: int = 1, fail_every: int = 0) -> dict[str, Any]:
+            processes: int = 1, fail_every: int = 0,
+            extra_args: Sequence[str] = ()) -> dict[str, Any]:
     """Run :mod:`bench.publish` in subprocesses (``count`` split over ``processes``)."""
-    base = [sys.executable, "-m", "bench.publish", "--app", app, "--queue", queue]
+    base = [sys.executable, "-m", "bench.publish", "--app", app, "--queue", queue,
+            *extra_args]
     if latency_key:
         base += ["--latency-key", latency_key]
     else:

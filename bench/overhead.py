@@ -69,6 +69,16 @@ VARIANTS: dict[str, Variant] = {
         "processes' recording costs)",
         worker_args=("--include", "bench.main_only_recording")),
 }
+VARIANTS["bare_tasker_headers"] = Variant(
+    "bare_tasker_headers", "bare",
+    "bare Celery fed messages carrying headers shaped like tasker's three stamps "
+    "(diagnostic: what the bigger message costs)",
+    publish_args=("--tasker-headers",))
+VARIANTS["tasker_no_received"] = Variant(
+    "tasker_no_received", "tasker",
+    "tasker without its task_received receivers in the MainProcess (diagnostic: what "
+    "they cost; the received counter and the correlation check at receipt are off)",
+    worker_args=("--include", "bench.no_received_receivers"))
 DEFAULT_VARIANTS = ("bare", "bare_events", "tasker", "tasker_main_only", "tasker_tracing")
 #: Variants whose pool processes record nothing: their /metrics.json cannot count the tasks.
 UNCOUNTED = frozenset({"tasker_main_only"})
@@ -197,7 +207,8 @@ class Generation:
         total = WARMUP_TASKS + self.burst * self.cycles
         for name in self.variants:
             common.publish(VARIANTS[name].app, self.staging(name), count=total,
-                           processes=2 if total >= 2000 else 1)
+                           processes=2 if total >= 2000 else 1,
+                           extra_args=VARIANTS[name].publish_args)
             staged = self.client.llen(self.staging(name))
             if staged != total:
                 raise RuntimeError(f"published {total} for {name} but staged {staged}")

@@ -29,6 +29,14 @@ def load_app(name: str) -> Any:
     return app
 
 
+def _tasker_shaped_headers() -> dict[str, Any]:
+    """Headers of the size and kind tasker's publisher adds (names and values alike)."""
+    import uuid
+
+    return {"tasker_published_at": time.time(), "tasker_delivery": "event",
+            "tasker_correlation_id": str(uuid.uuid4())}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.publish")
     parser.add_argument("--app", required=True, choices=("bare", "tasker"))
@@ -38,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-key", help="publish bench.latency(time.time(), KEY)")
     parser.add_argument("--rate", type=float, help="tasks per second (with --duration)")
     parser.add_argument("--duration", type=float)
+    parser.add_argument("--tasker-headers", action="store_true",
+                        help="bare app: add headers shaped like the three tasker stamps "
+                             "(what a message's size costs the worker, without tasker)")
     parser.add_argument("--fail-every", type=int, default=0,
                         help="make every Nth task diagnostics.fail (a mix with failures)")
     args = parser.parse_args(argv)
@@ -64,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
             elif args.fail_every and i % args.fail_every == args.fail_every - 1:
                 app.send_task("diagnostics.fail", args=["soak failure"], queue=args.queue,
                               producer=producer)
+            elif args.tasker_headers:
+                app.send_task(args.task, queue=args.queue, producer=producer,
+                              headers=_tasker_shaped_headers())
             else:
                 app.send_task(args.task, queue=args.queue, producer=producer)
         elapsed = time.monotonic() - started

@@ -1,0 +1,14 @@
+"""Disconnects tasker's ``task_received`` receivers (``--include bench.no_received_receivers``).
+
+Not a way to run tasker: the throughput benchmark's ``tasker_no_received``
+variant uses it to show what the MainProcess's per-message receivers cost
+(the received counter and the correlation check at receipt stop working).
+"""
+
+from celery.signals import task_received
+
+from tasker import correlation
+from tasker.metrics import recording
+
+task_received.disconnect(recording._on_received)
+task_received.disconnect(correlation._ensure_correlation_on_receipt)
