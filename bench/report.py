@@ -164,7 +164,7 @@ def headline(benches: dict[str, Bench]) -> list[str]:
                          f"flat (≤ {rec['flat_tolerance']}×)", verdict(rec["flat"])])
     if "recording" in benches and benches["recording"].summaries:
         s = benches["recording"].summaries[-1]
-        rows.append(["Recording cost per task (signal receivers)",
+        rows.append(["Recording cost per task (Celery signals sent in a loop, dispatch included)",
                      f"MainProcess {num(s['main_process_us_per_task']['median'])} µs, "
                      f"pool process {num(s['pool_process_us_per_task']['median'])} µs", "—", ""])
     if "latency" in benches:
