@@ -192,18 +192,34 @@ def _overhead_summary(b: Bench) -> dict[str, dict[str, Any]]:
     return {s["variant"]: s for s in b.summaries}
 
 
-def _paired(b: Bench, variant: str, value: Any) -> dict[str, Any] | None:
-    """Spread of per-cycle ratios ``value(burst of variant) / value(bare burst, same cycle)``."""
+def _paired(b: Bench, variant: str, value: Any,
+            combine: Any = lambda a, c: a / c) -> dict[str, Any] | None:
+    """Spread of per-cycle ``combine(value(burst of variant), value(bare burst, same cycle))``:
+    ratios unless another ``combine`` is given."""
     from bench.common import spread
 
     base = {r["round"]: r for r in b.runs if r["variant"] == b.params["baseline"]}
-    ratios = []
+    found = []
     for r in b.runs:
         if r["variant"] == variant and r["round"] in base:
             a, c = value(r), value(base[r["round"]])
             if a is not None and c:
-                ratios.append(a / c)
-    return spread(ratios) if ratios else None
+                found.append(combine(a, c))
+    return spread(found) if found else None
+
+
+def _main_busy(r: dict[str, Any]) -> float | None:
+    """Share of the burst's time the MainProcess was on a CPU."""
+    main = r.get("cpu_ms_per_task_main")
+    return None if main is None else main * r["tasks_per_second"] / 1e3
+
+
+def _main_busy_median(b: Bench, variant: str) -> float | None:
+    import statistics
+
+    values = [v for r in b.runs if r["variant"] == variant
+              for v in [_main_busy(r)] if v is not None]
+    return statistics.median(values) if values else None
 
 
 def _cpu_total(r: dict[str, Any]) -> float | None:
@@ -316,13 +332,26 @@ def overhead_section(b: Bench) -> list[str]:
                      "feed Flower and event-based exporters, cost bare Celery "
                      f"{pct(ev['paired_ratio_to_bare']['median'])} of its throughput in the "
                      "same run. ")
-        dm = (t["cpu_ms_per_task_main"]["median"] - bare["cpu_ms_per_task_main"]["median"]) * 1e3
-        dp = (t["cpu_ms_per_task_pool"]["median"] - bare["cpu_ms_per_task_pool"]["median"]) * 1e3
-        text += (f"Over the timed interval tasker's MainProcess (which receives, dispatches and "
-                 f"acknowledges every message) used {abs(dm):.0f} µs "
-                 f"{'more' if dm >= 0 else 'less'} CPU per task than bare Celery's, and its two "
-                 f"pool processes together {abs(dp):.0f} µs {'more' if dp >= 0 else 'less'} "
-                 "(medians). ")
+        def difference(a: float, c: float) -> float:
+            return (a - c) * 1e3
+
+        dm = _paired(b, "tasker", lambda r: r.get("cpu_ms_per_task_main"), difference)
+        dp = _paired(b, "tasker", lambda r: r.get("cpu_ms_per_task_pool"), difference)
+        rm = _paired(b, "tasker", lambda r: r.get("cpu_ms_per_task_main"))
+        if dm and dp and rm:
+            m, pool = dm["median"], dp["median"]
+            text += (f"Over the timed bursts tasker's MainProcess (which receives, dispatches "
+                     f"and acknowledges every message) used {abs(m):.0f} µs "
+                     f"{'more' if m >= 0 else 'less'} CPU per task than bare Celery's in the "
+                     f"same cycle ({num(rm['median'], 3)}×), and its two pool processes "
+                     f"together {abs(pool):.0f} µs {'more' if pool >= 0 else 'less'} "
+                     "(medians of the per-cycle differences). ")
+        busy = {name: _main_busy_median(b, name) for name in (p["baseline"], "tasker")}
+        if all(v is not None for v in busy.values()):
+            text += (f"The MainProcess was on a CPU {busy[p['baseline']] * 100:.0f} % of the "
+                     f"time in bare Celery's bursts and {busy['tasker'] * 100:.0f} % in "
+                     "tasker's (medians): it is the bottleneck, and tasks/s follow its CPU "
+                     "per task. ")
         cpus = b.meta["machine"].get("logical_cpus") or 0
         if cpus and cpus < p.get("concurrency", 2) + 1:
             text += (f"This machine has {cpus} CPUs for the MainProcess, "
