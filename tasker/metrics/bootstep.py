@@ -54,7 +54,6 @@ def _use_multiprocess_values(directory: str) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
     from prometheus_client import values
 
-    values.MmapedDict = AllocatedMmapedDict  # type: ignore[misc]
     values.ValueClass = multiprocess_value_class(identity.process_identifier,
                                                  AllocatedMmapedDict)
 

@@ -264,23 +264,27 @@ def test_allocation_failure_stops_recording_once(tmp_path: Path, monkeypatch: py
                                                  caplog: pytest.LogCaptureFixture) -> None:
     """In-process: a "pool process" whose metric files cannot get space (ENOSPC).
 
-    The process identity is injected (as prometheus_client's own tests do), so
-    changing it is a fork as far as prometheus_client can tell.
+    The process identity is injected and a fork is simulated (the fork hook
+    of tasker's value class), so each "pool process" opens files of its own.
     """
     from prometheus_client import values
 
     from tasker import db
     from tasker.metrics import bootstep, recording
+    from tasker.metrics import values as tasker_values
     from tasker.metrics.definitions import create_metrics
     from tasker.metrics.node_state import NodeState
 
-    for name in ("ValueClass", "MmapedDict"):
-        monkeypatch.setattr(values, name, getattr(values, name))  # restored afterwards
+    monkeypatch.setattr(values, "ValueClass", values.ValueClass)  # restored afterwards
     monkeypatch.setattr(db, "_observer", db.current_observer())
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
-    bootstep._use_multiprocess_values(str(tmp_path))  # installs AllocatedMmapedDict
     process = ["1000-1"]
-    values.ValueClass = values.MultiProcessValue(lambda: process[0])
+    values.ValueClass = tasker_values.multiprocess_value_class(
+        lambda: process[0], bootstep.AllocatedMmapedDict)
+
+    def fork_as(identity: str) -> None:
+        process[0] = identity
+        tasker_values._after_fork_in_child()
 
     # The "MainProcess": its files are made while there is space.
     metrics = create_metrics()
@@ -305,7 +309,7 @@ def test_allocation_failure_stops_recording_once(tmp_path: Path, monkeypatch: py
         monkeypatch.setattr(os, "posix_fallocate", no_space)
         caplog.set_level(logging.DEBUG, logger="tasker.metrics")
         # Pool process 1 starts: its files get no space at worker_process_init.
-        process[0] = "1001-1"
+        fork_as("1001-1")
         bootstep._pool_process_started()
         assert recording.current() is None  # recording stopped in this process
         assert type(db.current_observer()) is db.PoolObserver
@@ -314,7 +318,7 @@ def test_allocation_failure_stops_recording_once(tmp_path: Path, monkeypatch: py
         recording._on_postrun(sender=task, task_id="t1", task=task, state="SUCCESS")
 
         # Pool process 2 passed its start, then fails in a task's receiver.
-        process[0] = "1002-1"
+        fork_as("1002-1")
         recording.activate(recorder)
         recording._on_prerun(sender=task, task_id="t2", task=task)  # must not raise
         assert recording.current() is None
@@ -334,7 +338,7 @@ def test_allocation_failure_stops_recording_once(tmp_path: Path, monkeypatch: py
     # The MainProcess (which forks every pool process) never stops recording:
     # its failure is logged and counted like any other.
     recorder.main_pid = os.getpid()
-    process[0] = "1003-1"
+    fork_as("1003-1")
     request = types.SimpleNamespace(name="diagnostics.noop",
                                     delivery_info={"exchange": "", "routing_key": "q"})
     recording.activate(recorder)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,16 +15,16 @@ from tasker.metrics.values import multiprocess_value_class
 
 
 @pytest.fixture
-def use_values(monkeypatch: pytest.MonkeyPatch) -> Iterator[list]:
+def use_values(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Path, type], None]]:
     """Install a value class for metrics created afterwards; close its files at the end."""
-    installed: list = []
+    installed: list[type] = []
 
     def install(directory: Path, cls: type) -> None:
         monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(directory))
         monkeypatch.setattr(values, "ValueClass", cls)
         installed.append(cls)
 
-    yield install  # type: ignore[misc]
+    yield install
     for cls in installed:
         cls.close_all_files()
 
