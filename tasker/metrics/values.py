@@ -59,9 +59,9 @@ def multiprocess_value_class(process_identifier: Callable[[], str],
         for f in files.values():
             f.close()
         files.clear()
-        opened_in[0] = _fork_generation
         for value in values:
-            value._open()
+            value._open()  # OSError (no space) leaves it to the next update to retry
+        opened_in[0] = _fork_generation
 
     class MmapedValue:
         """A float in this process's mmaped file; written through at every update."""
