@@ -5,12 +5,16 @@ The broker comes from ``TASKER_BROKER_URL`` so that both variants of a
 benchmark talk to the same Redis database. The settings below mirror the
 broker-related part of :mod:`tasker.celeryconfig` (serializer, no results,
 timeouts), so a comparison measures tasker's observability and nothing else.
-This module must not import tasker.
+This module must not import tasker. The one exception is the diagnostic
+variant ``bare_client_reuse`` (``BENCH_REUSE_BROKER_CLIENT=1``), which loads
+the single file ``tasker/broker_client.py`` by path, not the tasker package.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
 
 from celery import Celery
 
@@ -39,3 +43,18 @@ def noop() -> None:
 
 
 register_bench_tasks(app)
+
+
+def _reuse_broker_client() -> None:
+    """Bare Celery plus tasker's broker-client change alone (tasker/broker_client.py)."""
+    path = Path(__file__).resolve().parent.parent / "tasker" / "broker_client.py"
+    spec = importlib.util.spec_from_file_location("bench_broker_client", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not module.install():
+        raise SystemExit("bench.bare_app: kombu's Redis channel could not be changed")
+
+
+if os.environ.get("BENCH_REUSE_BROKER_CLIENT") == "1":
+    _reuse_broker_client()

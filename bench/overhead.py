@@ -79,7 +79,18 @@ VARIANTS["tasker_no_received"] = Variant(
     "tasker without its task_received receivers in the MainProcess (diagnostic: what "
     "they cost; the received counter and the correlation check at receipt are off)",
     worker_args=("--include", "bench.no_received_receivers"))
-DEFAULT_VARIANTS = ("bare", "bare_events", "tasker", "tasker_main_only", "tasker_tracing")
+VARIANTS["bare_client_reuse"] = Variant(
+    "bare_client_reuse", "bare",
+    "bare Celery with tasker's one change to Celery's own work, alone: kombu's Redis "
+    "channel reuses one redis-py client (tasker/broker_client.py)",
+    env=(("BENCH_REUSE_BROKER_CLIENT", "1"),))
+VARIANTS["tasker_own_client"] = Variant(
+    "tasker_own_client", "tasker",
+    "tasker without that change (TASKER_REUSE_BROKER_CLIENT=false): what tasker's "
+    "measuring costs, against bare",
+    env=(("TASKER_REUSE_BROKER_CLIENT", "false"),))
+DEFAULT_VARIANTS = ("bare", "bare_events", "bare_client_reuse", "tasker", "tasker_own_client",
+                    "tasker_tracing")
 #: Variants whose pool processes record nothing: their /metrics.json cannot count the tasks.
 UNCOUNTED = frozenset({"tasker_main_only"})
 BASELINE = "bare"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 
+from tasker import broker_client
 from tasker.registry import discover_handler_modules
 from tasker.settings import SettingsError, get_settings
 
@@ -16,6 +17,9 @@ try:
 except SettingsError as exc:
     print(f"tasker: configuration error: {exc}", file=sys.stderr)
     raise SystemExit(2) from None
+
+if _settings.reuse_broker_client:
+    broker_client.install()  # see tasker/broker_client.py: ~0.2 ms of MainProcess CPU per task
 
 broker_url = _settings.broker_url
 result_backend = _settings.result_backend

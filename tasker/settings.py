@@ -58,6 +58,7 @@ class Settings:
     otel_file: str | None = None
     otel_protocol: str = "http/protobuf"
     max_context_bytes: int = 65536
+    reuse_broker_client: bool = True
 
     @property
     def broker_url_redacted(self) -> str:
@@ -176,6 +177,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                              lambda v: v in ("grpc", "http/protobuf")),
         max_context_bytes=_parse(env, "TASKER_MAX_CONTEXT_BYTES", 65536, int,
                                  "an integer >= 2", lambda v: v >= 2),
+        reuse_broker_client=_parse(env, "TASKER_REUSE_BROKER_CLIENT", True, _bool,
+                                   "true or false"),
     )
 
 

@@ -23,6 +23,7 @@ def test_defaults_match_the_spec() -> None:
     assert s.sample_interval == 15
     assert s.metrics_interval == 60
     assert s.log_format == "json"
+    assert s.reuse_broker_client is True
     assert s == Settings()
     assert s.broker_is_redis
 
@@ -39,7 +40,7 @@ def test_good_values_are_parsed() -> None:
         "TASKER_METRICS_PORT": "0", "TASKER_METRICS_BIND": "0.0.0.0",
         "TASKER_EMA_ALPHA": "1", "TASKER_RATE_WINDOW": "5",
         "TASKER_METRICS_INTERVAL": "0", "TASKER_LOG_FORMAT": "TEXT",
-        "PROMETHEUS_MULTIPROC_DIR": "/tmp/x",
+        "PROMETHEUS_MULTIPROC_DIR": "/tmp/x", "TASKER_REUSE_BROKER_CLIENT": "false",
     })
     assert s.broker_url == "amqp://guest:guest@rabbit:5672//"
     assert not s.broker_is_redis
@@ -48,6 +49,7 @@ def test_good_values_are_parsed() -> None:
     assert s.ema_alpha == 1.0 and s.rate_window == 5.0
     assert s.metrics_interval == 0 and s.log_format == "text"
     assert s.multiproc_dir == "/tmp/x"
+    assert s.reuse_broker_client is False
     assert s.broker_url_redacted == "amqp://guest:***@rabbit:5672//"
     assert s.database_url_redacted == "postgres://u:***@db/tasker"
 
@@ -69,6 +71,7 @@ def test_good_values_are_parsed() -> None:
     ("TASKER_SAMPLE_INTERVAL", "0", ">= 1"),
     ("TASKER_METRICS_INTERVAL", "-5", ">= 0"),
     ("TASKER_DB_POOL_MIN", "one", ">= 0"),
+    ("TASKER_REUSE_BROKER_CLIENT", "sometimes", "true or false"),
 ])
 def test_a_bad_value_is_one_line_naming_the_variable_and_the_range(
         name: str, value: str, accepted: str) -> None:
