@@ -1,4 +1,4 @@
-"""Disconnects tasker's ``task_received`` receivers (``--include bench.no_received_receivers``).
+"""Disconnects tasker's ``task_received`` receiver (``--include bench.no_received_receivers``).
 
 Not a way to run tasker: the throughput benchmark's ``tasker_no_received``
 variant uses it to show what the MainProcess's per-message receivers cost
@@ -7,8 +7,6 @@ variant uses it to show what the MainProcess's per-message receivers cost
 
 from celery.signals import task_received
 
-from tasker import correlation
-from tasker.metrics import recording
+from tasker import receipt
 
-task_received.disconnect(recording._on_received)
-task_received.disconnect(correlation._ensure_correlation_on_receipt)
+task_received.disconnect(receipt.on_task_received)

@@ -14,7 +14,7 @@ app = Celery("tasker", task_cls="tasker.task:TaskerTask")
 app.config_from_object("tasker.celeryconfig")
 
 # Imported for their side effect of connecting Celery signal receivers.
-from tasker import correlation, tracing, worker_process  # noqa: E402,F401
+from tasker import correlation, receipt, tracing, worker_process  # noqa: E402,F401
 from tasker.broker_loss import SurviveBrokerLoss  # noqa: E402
 from tasker.metrics import recording  # noqa: E402,F401
 from tasker.metrics.bootstep import DecodeErrorCounter, TaskerMetricsStep  # noqa: E402

@@ -204,6 +204,7 @@ class TaskerMetricsStep(bootsteps.StartStopStep):
             metrics, state, hostname, known_tasks=lambda: app.tasks,
             queue_names=_queue_resolver(app), directory=self.directory.path)
         recording.activate(recorder)
+        _node.before_reading = recorder.flush_received
         _create_zero_series(recorder, app)
         # Pool processes that stop recording because they cannot write their
         # files are counted here, outside the directory (see recording.py).

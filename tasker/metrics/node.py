@@ -78,6 +78,9 @@ class Node:
         self.started = started if started is not None else time.time()
         self.store = MetricStore(directory)
         self.fleet = fleet
+        #: Called before the metric files are read: counts kept in memory are
+        #: written to them (the MainProcess's received count, see Recorder).
+        self.before_reading: Callable[[], None] = lambda: None
         self.main_pid = os.getpid()
         self._sweep_lock = threading.Lock()
         # Exited processes whose markers could not be deleted (an unwritable
@@ -88,6 +91,7 @@ class Node:
 
     def sweep(self) -> None:
         """Count exited pool processes and fold their metric files away."""
+        self.before_reading()
         with self._sweep_lock:
             self._count_exits()
             self.store.compact()
@@ -129,6 +133,7 @@ class Node:
 
     def read(self) -> tuple[StoreReading, dict[str, Any]]:
         """The merged metric files plus the node-level values, read once."""
+        self.before_reading()
         with self._sweep_lock:
             self._count_exits()
             reading = self.store.read()

@@ -212,7 +212,12 @@ def _published_at(raw: bytes | None) -> float | None:
         stamp = headers.get(PUBLISHED_AT_HEADER)
     except (ValueError, AttributeError):
         return None  # not a kombu JSON envelope (foreign producer)
-    if isinstance(stamp, bool) or not isinstance(stamp, (int, float)):
+    if isinstance(stamp, str):  # what tasker stamps (see tasker/correlation.py)
+        try:
+            stamp = float(stamp)
+        except ValueError:
+            return None
+    elif isinstance(stamp, bool) or not isinstance(stamp, (int, float)):
         return None
     return float(stamp) if math.isfinite(stamp) else None
 

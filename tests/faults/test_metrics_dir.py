@@ -343,8 +343,11 @@ def test_allocation_failure_stops_recording_once(tmp_path: Path, monkeypatch: py
                                     delivery_info={"exchange": "", "routing_key": "q"})
     recording.activate(recorder)
     try:
-        recording._on_received(sender=None, request=request)  # must not raise
+        recording.record_received(request)  # counted in memory
+        recorder.flush_received()  # writing it fails: must not raise (a scrape calls this)
         assert recording.current() is recorder
+        # The count is kept in memory, to be written by a later flush.
+        assert [entry[0] - entry[1] for entry in recorder._received.values()] == [1]
     finally:
         recording.deactivate()
     assert [r for r in caplog.records if r.getMessage() == "metrics.record_failed"

@@ -13,6 +13,7 @@ from celery import Celery
 from celery.signals import before_task_publish
 from kombu.transport.redis import Channel as RedisChannel
 
+from tasker.correlation import publish_stamp
 from tasker.sampler.broker import (
     PUBLISHED_AT_HEADER,
     BrokerSampleError,
@@ -27,13 +28,17 @@ SEP = RedisChannel.sep
 DEFAULT_STEPS = RedisChannel.priority_steps
 
 
-@pytest.fixture
-def stamping():
-    """Stand-in for tasker's before_task_publish handler: stamps the publish time."""
+@pytest.fixture(params=["string", "number"])
+def stamping(request):
+    """Stand-in for tasker's before_task_publish handler: stamps the publish time.
+
+    As tasker does (a decimal string), and as a JSON number (older publishers).
+    """
     uid = f"tasker-sampler-test-{uuid.uuid4().hex}"
 
     def stamp(headers=None, **_):
-        headers[PUBLISHED_AT_HEADER] = time.time()
+        headers[PUBLISHED_AT_HEADER] = (publish_stamp(time.time()) if request.param == "string"
+                                        else time.time())
 
     before_task_publish.connect(stamp, weak=False, dispatch_uid=uid)
     yield
@@ -154,17 +159,17 @@ def test_age_is_that_of_the_message_kombu_consumes_next(env, stamping):
     # Ask kombu itself for the next message (basic_get -> Channel._get, the
     # same level order as BRPOP): its stamp is the one we reported.
     message = kombu.Queue(queue, channel=conn.default_channel).get(no_ack=True)
-    assert message.headers[PUBLISHED_AT_HEADER] == pytest.approx(now - age, abs=1e-6)
+    assert float(message.headers[PUBLISHED_AT_HEADER]) == pytest.approx(now - age, abs=1e-6)
     assert message.properties["priority"] == 0
     # Of the two priority-0 messages, the first published is consumed first.
     second = kombu.Queue(queue, channel=conn.default_channel).get(no_ack=True)
-    assert second.headers[PUBLISHED_AT_HEADER] > message.headers[PUBLISHED_AT_HEADER]
+    assert float(second.headers[PUBLISHED_AT_HEADER]) > float(message.headers[PUBLISHED_AT_HEADER])
 
     left = sample_queues(conn, [queue], now=now)[queue]
     assert left.depth == 1
     nine = kombu.Queue(queue, channel=conn.default_channel).get(no_ack=True)
     assert nine.properties["priority"] == 9
-    assert nine.headers[PUBLISHED_AT_HEADER] == pytest.approx(
+    assert float(nine.headers[PUBLISHED_AT_HEADER]) == pytest.approx(
         now - left.oldest_message_age_seconds, abs=1e-6)
     assert sample_queues(conn, [queue])[queue] == QueueSample(queue, 0, None, 0, None)
 

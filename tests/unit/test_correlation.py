@@ -118,7 +118,10 @@ def test_stamp_headers_outside_any_work_starts_new_work() -> None:
     headers: dict[str, Any] = {}
     before = time.time()
     _stamp_headers(headers=headers, body=(), exchange="", routing_key="celery")
-    assert before <= headers[PUBLISHED_AT_HEADER] <= time.time()
+    # A decimal string with microseconds (cheap for the worker to decode and re-encode).
+    stamp = headers[PUBLISHED_AT_HEADER]
+    assert isinstance(stamp, str) and len(stamp.split(".")[1]) == 6
+    assert before - 1e-6 <= float(stamp) <= time.time()
     assert headers[DELIVERY_HEADER] == "event"
     assert is_valid_correlation_id(headers[CORRELATION_HEADER])
     assert uuid.UUID(headers[CORRELATION_HEADER]).version == 7
