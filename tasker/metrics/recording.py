@@ -28,6 +28,7 @@ processes in ``tasker_metrics_errors_total{stage="directory"}``.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import logging
 import mmap
@@ -54,6 +55,7 @@ from celery.states import SUCCESS
 from tasker.correlation import PUBLISHED_AT_HEADER
 from tasker.metrics.definitions import TaskMetrics
 from tasker.metrics.node_state import NodeState
+from tasker.metrics.values import add_each, adder_of
 
 __all__ = ["activate", "deactivate", "Recorder", "UNREGISTERED", "MAX_EXCEPTION_LABELS",
            "SharedCount", "stop_recording", "DIRECTORY_STAGE"]
@@ -71,12 +73,68 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
+class _HistogramValues:
+    """Where one observation of a histogram child goes: one bucket and the sum.
+
+    prometheus_client keeps a multiprocess histogram as one value per bucket
+    (not cumulative; the readers add them up) plus the sum: ``observe(x)``
+    adds 1 to the first bucket whose bound is >= x and x to the sum.
+    """
+
+    bounds: list[float]
+    buckets: list[Any]
+    total: Any
+
+    def pairs(self, amount: float) -> tuple[tuple[Any, float], tuple[Any, float]]:
+        return (self.buckets[bisect.bisect_left(self.bounds, amount)], 1.0), (self.total, amount)
+
+
+class _Observing:
+    """A histogram child whose values are not reachable: ``observe`` through it, one by one."""
+
+    def __init__(self, child: Any) -> None:
+        self.inc = child.observe  # what add_each calls, with the observed amount
+
+    def pairs(self, amount: float) -> tuple[tuple[Any, float]]:
+        return ((self, amount),)
+
+
+@dataclass(frozen=True)
 class _TaskSeries:
+    """One task's labelled metric children, and the values a pool process adds to per task.
+
+    The per-task updates go to the values directly, all four of a task's start
+    (or end) in one :func:`tasker.metrics.values.adder_of` call: through
+    prometheus_client's ``inc``/``observe`` wrappers they cost three times as
+    much, on every task.
+    """
+
     started: Any
     succeeded: Any
     runtime: Any
     queue_wait: Any
     active: Any
+    add: Callable[[Any], None]
+    started_value: Any
+    succeeded_value: Any
+    active_value: Any
+    runtime_values: _HistogramValues | _Observing
+    queue_wait_values: _HistogramValues | _Observing
+
+    @classmethod
+    def of(cls, started: Any, succeeded: Any, runtime: Any, queue_wait: Any,
+           active: Any) -> _TaskSeries:
+        try:  # prometheus_client's children keep their values here (0.20 up to 0.26 at least)
+            values = (started._value, succeeded._value, active._value,
+                      _HistogramValues(list(runtime._upper_bounds), runtime._buckets,
+                                       runtime._sum),
+                      _HistogramValues(list(queue_wait._upper_bounds), queue_wait._buckets,
+                                       queue_wait._sum))
+            add = adder_of(values[0])
+        except AttributeError:  # another layout: the public methods, one by one
+            values = (started, succeeded, active, _Observing(runtime), _Observing(queue_wait))
+            add = add_each
+        return cls(started, succeeded, runtime, queue_wait, active, add, *values)
 
 
 class Recorder:
@@ -152,7 +210,7 @@ class Recorder:
         if found is None:
             labels = self.labels_of(task)
             m = self.metrics
-            found = _TaskSeries(*(metric.labels(*labels) for metric in (
+            found = _TaskSeries.of(*(metric.labels(*labels) for metric in (
                 m.started, m.succeeded, m.runtime, m.queue_wait)),
                 active=m.tasks_active.labels(self.worker))
             if len(self._series) < 10_000:  # task names are bounded; never grow without end
@@ -166,13 +224,14 @@ class Recorder:
         series = self.series_of(task, request)
         now = time.time()
         self._started[task_id] = (time.perf_counter(), series)
-        series.started.inc()
-        series.active.inc()
         published = _published_at(request)
-        if published is not None:
-            eta = _eta_timestamp(request) if request.eta else None
-            start_from = eta if eta is not None and eta > published else published
-            series.queue_wait.observe(max(0.0, now - start_from))
+        if published is None:
+            series.add(((series.started_value, 1.0), (series.active_value, 1.0)))
+            return
+        eta = _eta_timestamp(request) if request.eta else None
+        start_from = eta if eta is not None and eta > published else published
+        series.add(((series.started_value, 1.0), (series.active_value, 1.0),
+                    *series.queue_wait_values.pairs(max(0.0, now - start_from))))
 
     def on_postrun(self, task_id: str, task: Any, state: str | None = None) -> None:
         entry = self._started.pop(task_id, None)
@@ -183,10 +242,11 @@ class Recorder:
             return
         started, series = entry
         runtime = time.perf_counter() - started
-        series.active.dec()
         if state == SUCCESS:
-            series.succeeded.inc()
-        series.runtime.observe(runtime)
+            series.add(((series.active_value, -1.0), (series.succeeded_value, 1.0),
+                        *series.runtime_values.pairs(runtime)))
+        else:
+            series.add(((series.active_value, -1.0), *series.runtime_values.pairs(runtime)))
         self.node_state.record_finished(runtime, time.time())
 
     def on_retry(self, task: Any, request: Any) -> None:

@@ -18,14 +18,15 @@ from __future__ import annotations
 import os
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 
-__all__ = ["multiprocess_value_class"]
+__all__ = ["multiprocess_value_class", "adder_of", "add_each"]
 
 _pack_two_doubles = struct.Struct(b"dd").pack
+_pack_two_doubles_into = struct.Struct(b"dd").pack_into
 
 #: Bumped in every forked child: a value from before the fork must reopen its
 #: files under the child's identity before it writes.
@@ -38,6 +39,17 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def add_each(updates: Iterable[tuple[Any, float]]) -> None:
+    """``value.inc(amount)`` for each pair: for any value class (the stock ones too)."""
+    for value, amount in updates:
+        value.inc(amount)
+
+
+def adder_of(value: Any) -> Callable[[Iterable[tuple[Any, float]]], None]:
+    """The fastest way to add to several values of ``value``'s class at once."""
+    return getattr(type(value), "add_many", add_each)
 
 
 def multiprocess_value_class(process_identifier: Callable[[], str],
@@ -104,6 +116,22 @@ def multiprocess_value_class(process_identifier: Callable[[], str],
                 self._value += amount
                 self._timestamp = 0.0
                 self._write()
+
+        @staticmethod
+        def add_many(updates: Iterable[tuple[Any, float]]) -> None:
+            """``value.inc(amount)`` for each pair, under one taking of the lock.
+
+            A pool process's four updates at the start of a task (and four at
+            its end) cost a quarter of four separate ``inc`` calls through
+            prometheus_client's wrappers. Every value must be of this class.
+            """
+            with lock:
+                if opened_in[0] != _fork_generation:
+                    reopen_after_fork()
+                for value, amount in updates:
+                    value._value += amount
+                    value._timestamp = 0.0
+                    _pack_two_doubles_into(value._file._m, value._position, value._value, 0.0)
 
         def set(self, value: float, timestamp: float | None = None) -> None:
             with lock:

@@ -115,3 +115,73 @@ def test_values_written_after_the_file_grew_land(tmp_path: Path, use_values) -> 
     found = _file_values(tmp_path / "counter_p1.db")
     assert found[next(k for k in found if '"first"' in k)] == 2.0
     assert found[next(k for k in found if f"{long}3999" in k)] == 3999.0
+
+
+def _task_metrics(prefix: str) -> tuple[Counter, Counter, Histogram, Histogram, Gauge]:
+    buckets = (0.001, 0.01, 0.1, 1.0)
+    return (Counter(f"{prefix}_started", "S.", ["task"], registry=None),
+            Counter(f"{prefix}_succeeded", "S.", ["task"], registry=None),
+            Histogram(f"{prefix}_runtime_seconds", "R.", ["task"], buckets=buckets,
+                      registry=None),
+            Histogram(f"{prefix}_queue_wait_seconds", "W.", ["task"], buckets=buckets,
+                      registry=None),
+            Gauge(f"{prefix}_active", "A.", multiprocess_mode="livesum", registry=None))
+
+
+def _run_tasks(series) -> None:  # type: ignore[no-untyped-def]
+    """A task's start and end, as the pool-process receivers write them."""
+    for wait, runtime, ok in ((0.0005, 0.02, True), (0.05, 0.0, False), (2.0, 1.0, True),
+                              (0.01, 0.001, True)):
+        series.add(((series.started_value, 1.0), (series.active_value, 1.0),
+                    *series.queue_wait_values.pairs(wait)))
+        ends = [(series.active_value, -1.0), *series.runtime_values.pairs(runtime)]
+        if ok:
+            ends.append((series.succeeded_value, 1.0))
+        series.add(ends)
+
+
+def _public_calls(started, succeeded, runtime, queue_wait, active) -> None:  # type: ignore[no-untyped-def]
+    for wait, seconds, ok in ((0.0005, 0.02, True), (0.05, 0.0, False), (2.0, 1.0, True),
+                              (0.01, 0.001, True)):
+        started.inc()
+        active.inc()
+        queue_wait.observe(wait)
+        active.dec()
+        runtime.observe(seconds)
+        if ok:
+            succeeded.inc()
+
+
+class _PublicOnly:
+    """A metric child seen through its public methods only."""
+
+    def __init__(self, child: object) -> None:
+        for name in ("inc", "dec", "observe"):
+            if hasattr(child, name):
+                setattr(self, name, getattr(child, name))
+
+
+@pytest.mark.parametrize("layout", ["direct", "public methods"])
+def test_a_tasks_batched_writes_equal_the_public_calls(tmp_path: Path, use_values,
+                                                       layout: str) -> None:
+    """recording's per-task writes (one add_many per start or end) match inc/observe."""
+    from tasker.metrics import recording
+
+    public_dir, batched_dir = tmp_path / "public", tmp_path / "batched"
+    public_dir.mkdir()
+    batched_dir.mkdir()
+    use_values(public_dir, multiprocess_value_class(lambda: "p1"))
+    started, succeeded, runtime, wait, active = _task_metrics("tt")
+    _public_calls(started.labels("a"), succeeded.labels("a"), runtime.labels("a"),
+                  wait.labels("a"), active)
+    use_values(batched_dir, multiprocess_value_class(lambda: "p1"))
+    started, succeeded, runtime, wait, active = _task_metrics("tt")
+    children = [started.labels("a"), succeeded.labels("a"), runtime.labels("a"),
+                wait.labels("a"), active]
+    if layout == "public methods":  # a prometheus_client whose children keep no _value
+        children = [_PublicOnly(child) for child in children]
+    series = recording._TaskSeries.of(*children)
+    assert (series.add.__name__ == "add_many") == (layout == "direct")
+    _run_tasks(series)
+    for name in ("counter_p1.db", "histogram_p1.db", "gauge_livesum_p1.db"):
+        assert _file_values(batched_dir / name) == _file_values(public_dir / name), name
