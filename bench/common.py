@@ -406,7 +406,8 @@ def _kill_group(pgid: int) -> None:
 
 
 def start_worker(variant: Variant, queue: str, name: str, log_dir: Path,
-                 extra_args: Sequence[str] = ()) -> Worker:
+                 extra_args: Sequence[str] = (), wrapper: Sequence[str] = ()) -> Worker:
+    """Start a node; ``wrapper`` runs it under another program (e.g. valgrind)."""
     port = free_port() if variant.app == "tasker" else None
     env = base_env()
     if port is not None:
@@ -417,7 +418,7 @@ def start_worker(variant: Variant, queue: str, name: str, log_dir: Path,
         multiproc.mkdir()
         env["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc)
     env.update(dict(variant.env))
-    argv = [sys.executable, "-m", "celery", "-A", variant.celery_app, "worker",
+    argv = [*wrapper, sys.executable, "-m", "celery", "-A", variant.celery_app, "worker",
             *COMMON_WORKER_ARGS, "-Q", queue, "-n", f"{name}@%h",
             *variant.worker_args, *extra_args]
     log_path = log_dir / f"{name}.log"

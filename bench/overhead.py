@@ -207,6 +207,9 @@ class Generation:
         self.cycles = cycles
         self.workers: dict[str, common.Worker] = {}
         self._move = client.register_script(MOVE_BURST)
+        #: A program the nodes run under (bench.instructions: valgrind).
+        self.worker_wrapper: tuple[str, ...] = ()
+        self.warmup_tasks = WARMUP_TASKS
 
     def queue(self, name: str) -> str:
         return f"{common.SESSION}-{BENCH}-{name}-{self.label}"
@@ -215,7 +218,7 @@ class Generation:
         return f"{self.queue(name)}-staging"
 
     def start(self) -> None:
-        total = WARMUP_TASKS + self.burst * self.cycles
+        total = self.warmup_tasks + self.burst * self.cycles
         for name in self.variants:
             common.publish(VARIANTS[name].app, self.staging(name), count=total,
                            processes=2 if total >= 2000 else 1,
@@ -229,9 +232,9 @@ class Generation:
         for name in self.variants:
             queue = self.queue(name)
             self.workers[name] = common.start_worker(VARIANTS[name], queue, f"{queue}-w",
-                                                     self.log_dir)
+                                                     self.log_dir, wrapper=self.worker_wrapper)
         for name in self.variants:  # a drained warm-up burst: the node is up and warm
-            self.run_burst(name, WARMUP_TASKS, timeout=120.0)
+            self.run_burst(name, self.warmup_tasks, timeout=600.0 if self.worker_wrapper else 120.0)
 
     def run_burst(self, name: str, n: int, timeout: float | None = None) -> dict[str, Any]:
         worker = self.workers[name]
@@ -242,7 +245,7 @@ class Generation:
 
     def check_counts(self) -> dict[str, int | None]:
         """tasker nodes: ``total_runs`` of ``/metrics.json`` (should be all they ran)."""
-        expected = WARMUP_TASKS + self.burst * self.cycles
+        expected = self.warmup_tasks + self.burst * self.cycles
         return {name: tasker_total_runs(self.workers[name], expected)
                 for name in self.variants
                 if VARIANTS[name].app == "tasker" and name not in UNCOUNTED}
