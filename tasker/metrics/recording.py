@@ -101,7 +101,7 @@ class _Observing:
 
 @dataclass(frozen=True)
 class _TaskSeries:
-    """One task's labelled metric children, and the values a pool process adds to per task.
+    """The values a pool process adds to for one task's executions (one label set).
 
     The per-task updates go to the values directly, all four of a task's start
     (or end) in one :func:`tasker.metrics.values.adder_of` call: through
@@ -109,11 +109,6 @@ class _TaskSeries:
     much, on every task.
     """
 
-    started: Any
-    succeeded: Any
-    runtime: Any
-    queue_wait: Any
-    active: Any
     add: Callable[[Any], None]
     started_value: Any
     succeeded_value: Any
@@ -124,6 +119,7 @@ class _TaskSeries:
     @classmethod
     def of(cls, started: Any, succeeded: Any, runtime: Any, queue_wait: Any,
            active: Any) -> _TaskSeries:
+        """From the labelled children of the five metrics."""
         try:  # prometheus_client's children keep their values here (0.20 up to 0.26 at least)
             values = (started._value, succeeded._value, active._value,
                       _HistogramValues(list(runtime._upper_bounds), runtime._buckets,
@@ -134,7 +130,7 @@ class _TaskSeries:
         except AttributeError:  # another layout: the public methods, one by one
             values = (started, succeeded, active, _Observing(runtime), _Observing(queue_wait))
             add = add_each
-        return cls(started, succeeded, runtime, queue_wait, active, add, *values)
+        return cls(add, *values)
 
 
 class Recorder:
@@ -238,7 +234,8 @@ class Recorder:
         if entry is None:  # prerun's recording failed: keep the gauge balanced
             self.child(self.metrics.tasks_active, self.worker).dec()
             if state == SUCCESS:
-                self.series_of(task).succeeded.inc()
+                series = self.series_of(task)
+                series.add(((series.succeeded_value, 1.0),))
             return
         started, series = entry
         runtime = time.perf_counter() - started

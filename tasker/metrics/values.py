@@ -6,7 +6,7 @@ the key's position up in a dict, and pack two doubles through two more calls.
 A pool process makes about eight updates per task, on the path between one
 task and the next, so tasker installs this value class instead. It keeps
 what matters to the readers: the same files (``<type>[_<mode>]_<identity>.db``),
-the same keys, the same layout, written by the same slice assignment (so the
+the same keys, the same layout, the same two doubles per value (so the
 stock ``MultiProcessCollector`` and tasker's ``MetricStore`` read them alike).
 What it saves: the key's position is looked up once, and a fork is noticed by
 a generation number that ``os.register_at_fork`` bumps in the child, not by a
@@ -25,7 +25,6 @@ from prometheus_client.mmap_dict import MmapedDict, mmap_key
 
 __all__ = ["multiprocess_value_class", "adder_of", "add_each"]
 
-_pack_two_doubles = struct.Struct(b"dd").pack
 _pack_two_doubles_into = struct.Struct(b"dd").pack_into
 
 #: Bumped in every forked child: a value from before the fork must reopen its
@@ -105,9 +104,7 @@ def multiprocess_value_class(process_identifier: Callable[[], str],
             self._position = file._positions[key]
 
         def _write(self) -> None:
-            position = self._position
-            self._file._m[position:position + 16] = _pack_two_doubles(
-                self._value, self._timestamp)
+            _pack_two_doubles_into(self._file._m, self._position, self._value, self._timestamp)
 
         def inc(self, amount: float) -> None:
             with lock:
