@@ -8,15 +8,20 @@ non-zero exit.
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
 import os
+import re
+import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
-from tasker.redact import redact_url
+from tasker.redact import MASK, redact_text, redact_url, register_secrets, secrets_in
 
-__all__ = ["Settings", "SettingsError", "load_settings", "get_settings", "reset_settings"]
+__all__ = ["Settings", "SettingsError", "load_settings", "get_settings", "reset_settings",
+           "unknown_variables", "KNOWN_VARIABLES"]
 
 T = TypeVar("T")
 
@@ -25,13 +30,43 @@ BROKER_SCHEMES = frozenset({"redis", "rediss", "amqp", "amqps", "pyamqp"})
 DATABASE_SCHEMES = frozenset({"postgresql", "postgres"})
 LOG_FORMATS = frozenset({"json", "text"})
 LOG_LEVELS = frozenset({"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"})
+#: Celery result backends whose URL is ``scheme://``; ``db+<sqlalchemy url>`` is also accepted.
+RESULT_BACKEND_SCHEMES = frozenset({
+    "redis", "rediss", "sentinel", "rpc", "cache", "mongodb", "cassandra", "couchbase",
+    "couchdb", "elasticsearch", "elasticsearchs", "dynamodb", "s3", "gs", "file", "consul",
+    "arangodb", "azureblockblob", "cosmosdbsql", "riak"})
+#: The settings that hold secrets: registered for redaction before anything is validated.
+SECRET_VARIABLES = ("TASKER_BROKER_URL", "TASKER_RESULT_BACKEND", "TASKER_DATABASE_URL",
+                    "TASKER_METRICS_TOKEN")
+#: Every variable tasker reads (also the candidates of the "did you mean" warning).
+KNOWN_VARIABLES = frozenset({
+    "TASKER_BROKER_URL", "TASKER_RESULT_BACKEND", "TASKER_DATABASE_URL",
+    "TASKER_DB_POOL_MIN", "TASKER_DB_POOL_MAX", "TASKER_METRICS_PORT", "TASKER_METRICS_BIND",
+    "TASKER_METRICS_TOKEN", "TASKER_RATE_WINDOW", "TASKER_EMA_ALPHA",
+    "TASKER_SAMPLE_INTERVAL", "TASKER_SAMPLE_QUEUES", "TASKER_STEP_QUEUE",
+    "TASKER_RECOVERY_INTERVAL", "TASKER_RECOVERY_DEADLINE", "TASKER_METRICS_INTERVAL",
+    "TASKER_LOG_FORMAT", "TASKER_LOG_LEVEL", "TASKER_OTEL_ENABLED", "TASKER_OTEL_FILE",
+    "TASKER_MAX_CONTEXT_BYTES", "TASKER_REUSE_BROKER_CLIENT",
+})
+#: ``TASKER_*`` names that are not settings but are used on purpose: the demo's
+#: child marker, and Compose's host-side interpolation variables.
+OTHER_VARIABLES = frozenset({"TASKER_DEMO_RUN", "TASKER_IMAGE", "TASKER_PUBLISH_ADDR"})
+#: Prefixes of variables that belong to tasker's tests and benchmarks, never warned about.
+EXEMPT_PREFIXES = ("TASKER_TEST_", "TASKER_BENCH_")
 
 
 class SettingsError(ValueError):
-    """A setting has a value tasker cannot use; the message is one line."""
+    """A setting has a value tasker cannot use; the message is one line.
+
+    The message is redacted here, once, so no entry point can print a secret
+    it was handed (whatever variable the error is about).
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact_text(" ".join(message.split())))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Settings:
     """The validated configuration of one tasker process."""
 
@@ -60,6 +95,20 @@ class Settings:
     max_context_bytes: int = 65536
     reuse_broker_client: bool = True
 
+    def __repr__(self) -> str:
+        # Never the secrets: a Settings object ends up in tracebacks and debug logs.
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "metrics_token" and value is not None:
+                value = MASK
+            elif f.name in ("broker_url", "result_backend", "database_url") and value:
+                value = redact_url(value)
+            shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
+    __str__ = __repr__
+
     @property
     def broker_url_redacted(self) -> str:
         return redact_url(self.broker_url)
@@ -80,11 +129,14 @@ def _parse(env: Mapping[str, str], name: str, default: T, convert: Callable[[str
         return default
     try:
         value = convert(raw.strip())
+    except SettingsError as exc:  # a converter that says precisely what is wrong
+        raise SettingsError(
+            f"{name}={redact_url(raw)!r} is invalid: {exc}; expected {accepted}") from None
     except (TypeError, ValueError):
         value = None
     if value is None or not check(value):
-        shown = redact_url(raw) if "://" in raw else raw
-        raise SettingsError(f"{name}={shown!r} is invalid: expected {accepted}")
+        # Every value is redacted, URL or not: a keyword conninfo has no "://".
+        raise SettingsError(f"{name}={redact_url(raw)!r} is invalid: expected {accepted}")
     return value
 
 
@@ -104,15 +156,106 @@ def _queue_list(raw: str) -> tuple[str, ...]:
     return names
 
 
-def _url(schemes: frozenset[str]) -> Callable[[str], str]:
+_REDIS_SCHEMES = frozenset({"redis", "rediss", "sentinel"})
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
+
+
+def _host_name(raw: str) -> str:
+    """An IP address (v4 or v6, brackets allowed) or a syntactically valid host name."""
+    candidate = raw[1:-1] if raw.startswith("[") and raw.endswith("]") else raw
+    try:
+        return str(ipaddress.ip_address(candidate))
+    except ValueError:
+        pass
+    if candidate.replace(".", "").isdigit():
+        raise ValueError(raw)  # 999.1.1.1 is neither an address nor a name
+    labels = candidate.rstrip(".").split(".")
+    if len(candidate) > 253 or not all(_HOST_LABEL.match(label) for label in labels):
+        raise ValueError(raw)
+    return candidate
+
+
+def _check_url_part(part: str, schemes: frozenset[str], *, redis_db: bool) -> None:
+    """Refuse what kombu, redis-py or Celery would refuse later, with the reason."""
+    try:
+        parts = urlsplit(part)
+    except ValueError:
+        raise SettingsError("expected a URL (unbalanced [ in the host?)") from None
+    scheme = parts.scheme.lower()
+    if scheme not in schemes:
+        raise SettingsError(f"scheme {scheme or '(none)'!r} is not one of "
+                            f"{', '.join(sorted(schemes))}")
+    if not parts.hostname:
+        raise SettingsError("expected a host")
+    try:
+        port = parts.port
+    except ValueError:
+        raise SettingsError("the port must be a number 1..65535") from None
+    if port == 0:
+        raise SettingsError("the port must be a number 1..65535")
+    try:
+        _host_name(parts.hostname)
+    except ValueError:
+        raise SettingsError(f"{parts.hostname!r} is not a host name or IP address") from None
+    if redis_db and scheme in _REDIS_SCHEMES:
+        db = parts.path.strip("/")
+        # kombu does int(virtual_host) when it first connects: ValueError and a
+        # traceback, long after start-up, unless it is refused here.
+        if db and not (db.isdigit() and int(db) < 1_000_000):
+            raise SettingsError(f"the Redis database number {unquote(db)!r} is not an "
+                                "integer >= 0")
+        for key, value in parse_qsl(parts.query):
+            if key in ("virtual_host", "db") and not value.isdigit():
+                raise SettingsError(f"the Redis database number {value!r} is not an "
+                                    "integer >= 0")
+
+
+def _failover_url(schemes: frozenset[str], *, redis_db: bool = True) -> Callable[[str], str]:
+    """A URL, or kombu's ``;``-separated failover list of them, each part checked."""
     def convert(raw: str) -> str:
-        parts = urlsplit(raw)
-        if parts.scheme not in schemes or not parts.hostname:
-            raise ValueError(raw)
-        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+        for part in raw.split(";"):
+            _check_url_part(part.strip(), schemes, redis_db=redis_db)
         return raw
 
     return convert
+
+
+def _broker_url(raw: str) -> str:
+    scheme = urlsplit(raw).scheme.lower() if "://" in raw else ""
+    if scheme == "sentinel":
+        # kombu needs transport option master_name, which no setting provides.
+        raise SettingsError("sentinel:// brokers need broker_transport_options "
+                            "(master_name), which tasker does not configure; expected "
+                            f"a broker URL with scheme {', '.join(sorted(BROKER_SCHEMES))}")
+    return _failover_url(BROKER_SCHEMES)(raw)
+
+
+def _result_backend(raw: str) -> str:
+    if raw.startswith("db+"):  # SQLAlchemy URL: Celery validates it when it connects
+        return raw
+    return _failover_url(RESULT_BACKEND_SCHEMES)(raw)
+
+
+def _database_url(raw: str) -> str:
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    if "://" not in raw:
+        raise SettingsError("expected a postgresql:// URL (keyword conninfo is not accepted)")
+    parts = urlsplit(raw)
+    if parts.scheme not in DATABASE_SCHEMES:
+        raise SettingsError(f"scheme {parts.scheme!r} is not postgresql or postgres")
+    try:
+        params = conninfo_to_dict(raw)
+    except psycopg.Error as exc:
+        # libpq's own reason (an unknown ?parameter, bad percent-encoding).
+        raise SettingsError(str(exc).strip().splitlines()[0]) from None
+    if not (params.get("host") or params.get("hostaddr")):
+        raise SettingsError("expected a host (or ?host=/socket/directory)")
+    for port in str(params.get("port") or "").split(","):
+        if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+            raise SettingsError("the port must be a number 1..65535")
+    return raw
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -122,6 +265,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         SettingsError: one line naming the variable and the accepted values.
     """
     env = os.environ if env is None else env
+    # Known before anything is validated, so no message below can carry them.
+    for name in SECRET_VARIABLES:
+        raw = env.get(name)
+        register_secrets(raw if name == "TASKER_METRICS_TOKEN" else None, *secrets_in(raw))
     schemes = ", ".join(sorted(BROKER_SCHEMES))
     db_pool_min = _parse(env, "TASKER_DB_POOL_MIN", 1, int, "an integer >= 0", lambda v: v >= 0)
     db_pool_max = _parse(env, "TASKER_DB_POOL_MAX", 4, int, "an integer >= 1", lambda v: v >= 1)
@@ -131,19 +278,22 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             f"TASKER_DB_POOL_MIN ({db_pool_min})"
         )
     return Settings(
-        broker_url=_parse(env, "TASKER_BROKER_URL", Settings.broker_url, _url(BROKER_SCHEMES),
+        broker_url=_parse(env, "TASKER_BROKER_URL", Settings.broker_url, _broker_url,
                           f"a broker URL with scheme {schemes} and a host"),
-        result_backend=_parse(env, "TASKER_RESULT_BACKEND", None, str,
+        result_backend=_parse(env, "TASKER_RESULT_BACKEND", None, _result_backend,
                               "a Celery result backend URL"),
         database_url=_parse(env, "TASKER_DATABASE_URL", Settings.database_url,
-                            _url(DATABASE_SCHEMES), "a postgresql:// URL with a host"),
+                            _database_url, "a postgresql:// URL with a host"),
         db_pool_min=db_pool_min,
         db_pool_max=db_pool_max,
         metrics_port=_parse(env, "TASKER_METRICS_PORT", 9800, int,
                             "a port number 0..65535 (0 = any free port)",
                             lambda v: 0 <= v <= 65535),
-        metrics_bind=_parse(env, "TASKER_METRICS_BIND", "127.0.0.1", str,
-                            "an IP address or host name"),
+        # Checked here, not when the server binds: a node must not run on
+        # without /metrics and /healthz because of a typo.
+        metrics_bind=_parse(env, "TASKER_METRICS_BIND", "127.0.0.1", _host_name,
+                            "an IP address (0.0.0.0, ::, 127.0.0.1) or a host name, "
+                            "without a port"),
         metrics_token=_parse(env, "TASKER_METRICS_TOKEN", None, str, "a bearer token"),
         multiproc_dir=_parse(env, "PROMETHEUS_MULTIPROC_DIR", None, str, "a directory path"),
         rate_window=_parse(env, "TASKER_RATE_WINDOW", 60.0, float,
@@ -182,14 +332,38 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     )
 
 
+def unknown_variables(env: Mapping[str, str] | None = None) -> list[str]:
+    """One warning line per ``TASKER_*`` variable tasker does not know, with the closest name.
+
+    Variables starting with ``TASKER_TEST_`` or ``TASKER_BENCH_`` (tests and
+    benchmarks) are never reported.
+    """
+    env = os.environ if env is None else env
+    lines = []
+    for name in sorted(env):
+        if (not name.startswith("TASKER_") or name in KNOWN_VARIABLES
+                or name in OTHER_VARIABLES or name.startswith(EXEMPT_PREFIXES)):
+            continue
+        close = difflib.get_close_matches(name, sorted(KNOWN_VARIABLES), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        lines.append(f"{name} is not a tasker setting and is ignored{hint}")
+    return lines
+
+
 _current: Settings | None = None
 
 
 def get_settings() -> Settings:
-    """The settings of this process, loaded on first use and then cached."""
+    """The settings of this process, loaded on first use and then cached.
+
+    The first load also warns on stderr about unknown ``TASKER_*`` variables
+    (a typo such as ``TASKER_METRICS_PROT`` would otherwise be ignored silently).
+    """
     global _current
     if _current is None:
         _current = load_settings()
+        for line in unknown_variables():
+            print(f"tasker: warning: {line}", file=sys.stderr)
     return _current
 
 

@@ -34,7 +34,9 @@ def test_blank_values_mean_the_default() -> None:
 
 def test_good_values_are_parsed() -> None:
     s = load_settings({
-        "TASKER_BROKER_URL": "amqp://guest:guest@rabbit:5672//",
+        # A password unlike the user name: every spelling of a configured
+        # password is hidden wherever it appears, a user name equal to it too.
+        "TASKER_BROKER_URL": "amqp://guest:guest-pw@rabbit:5672//",
         "TASKER_DATABASE_URL": "postgres://u:p@db/tasker",
         "TASKER_DB_POOL_MIN": "2", "TASKER_DB_POOL_MAX": "2",
         "TASKER_METRICS_PORT": "0", "TASKER_METRICS_BIND": "0.0.0.0",
@@ -42,7 +44,7 @@ def test_good_values_are_parsed() -> None:
         "TASKER_METRICS_INTERVAL": "0", "TASKER_LOG_FORMAT": "TEXT",
         "PROMETHEUS_MULTIPROC_DIR": "/tmp/x", "TASKER_REUSE_BROKER_CLIENT": "false",
     })
-    assert s.broker_url == "amqp://guest:guest@rabbit:5672//"
+    assert s.broker_url == "amqp://guest:guest-pw@rabbit:5672//"
     assert not s.broker_is_redis
     assert (s.db_pool_min, s.db_pool_max) == (2, 2)
     assert s.metrics_port == 0 and s.metrics_bind == "0.0.0.0"
