@@ -18,10 +18,12 @@ from tasker import correlation, receipt, tracing, worker_process  # noqa: E402,F
 from tasker.broker_loss import SurviveBrokerLoss  # noqa: E402
 from tasker.metrics import recording  # noqa: E402,F401
 from tasker.metrics.bootstep import DecodeErrorCounter, TaskerMetricsStep  # noqa: E402
+from tasker.periodic import PeriodicWork  # noqa: E402
 
 app.steps["worker"].add(TaskerMetricsStep)
 app.steps["consumer"].add(DecodeErrorCounter)
 app.steps["consumer"].add(SurviveBrokerLoss)
+app.steps["consumer"].add(PeriodicWork)  # tasker's periodic work, in the MainProcess
 
 __all__ = ["app"]
 

@@ -2,24 +2,27 @@
 
 Celery imports this module lazily, the first time the app's configuration is
 read, so a bad setting stops start-up here with one line and exit code 2.
+
+Every public name of this module is a Celery setting: Celery (and Flower's
+config view) reads them all, so helpers are imported under private names.
 """
 
-from __future__ import annotations
+import sys as _sys
 
-import sys
-
-from tasker import broker_client
-from tasker.registry import discover_handler_modules
-from tasker.settings import SettingsError, get_settings
+from tasker import broker_client as _broker_client
+from tasker.periodic import periodic_queue_name as _periodic_queue_name
+from tasker.registry import discover_handler_modules as _discover_handler_modules
+from tasker.settings import SettingsError as _SettingsError
+from tasker.settings import get_settings as _get_settings
 
 try:
-    _settings = get_settings()
-except SettingsError as exc:
-    print(f"tasker: configuration error: {exc}", file=sys.stderr)
+    _settings = _get_settings()
+except _SettingsError as _exc:
+    print(f"tasker: configuration error: {_exc}", file=_sys.stderr)
     raise SystemExit(2) from None
 
 if _settings.reuse_broker_client:
-    broker_client.install()  # see tasker/broker_client.py: ~0.2 ms of MainProcess CPU per task
+    _broker_client.install()  # see tasker/broker_client.py: ~0.2 ms of MainProcess CPU per task
 
 broker_url = _settings.broker_url
 result_backend = _settings.result_backend
@@ -39,14 +42,23 @@ worker_send_task_events = False
 task_send_sent_event = False
 worker_hijack_root_logger = False
 
-imports = [*discover_handler_modules(), "tasker.sampler.tasks", "tasker.workflows.engine"]
+imports = [*_discover_handler_modules(), "tasker.sampler.tasks", "tasker.workflows.engine"]
 
-# Workflow steps and their recovery run on the step queue.
+# tasker's own periodic work goes to a queue of its own that no pool consumes:
+# every node's MainProcess takes it (tasker/periodic.py), so it never waits
+# behind user messages nor for a free pool process. Workflow steps run on the
+# step queue.
+_periodic_queue = _periodic_queue_name(_settings.step_queue)
 task_routes = {
     "tasker.run_step": {"queue": _settings.step_queue},
-    "tasker.recover_steps": {"queue": _settings.step_queue},
+    "tasker.recover_steps": {"queue": _periodic_queue},
+    "tasker.sample_fleet": {"queue": _periodic_queue},
 }
 
+# Beat keeps its schedule in memory: the persistent scheduler left
+# celerybeat-schedule.* files in the working directory, and remembering the
+# last run of a 15-second sampler across restarts is worth nothing.
+beat_scheduler = "celery.beat:Scheduler"
 beat_schedule = {
     "tasker.sample_fleet": {
         "task": "tasker.sample_fleet",

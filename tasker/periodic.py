@@ -1,0 +1,135 @@
+"""tasker's own periodic work runs in the worker's MainProcess, never behind user work.
+
+Beat publishes ``tasker.sample_fleet`` and ``tasker.recover_steps`` to a queue
+of their own (:func:`periodic_queue_name`), which no pool consumes. Every
+worker node's MainProcess consumes it with a separate channel (its own
+prefetch, so a node holding its full prefetch of user tasks still takes the
+next periodic message) and runs each message in a thread of its own:
+
+* it never waits in a queue behind user messages (it was beat's messages
+  waiting in ``celery`` behind a backlog, and expiring there, that made
+  ``tasker_queue_depth`` vanish exactly when a backlog formed);
+* it never waits for a free pool process: the MainProcess only dispatches
+  tasks, so pool processes busy with long tasks do not delay it. The round is
+  written into the node's own metrics directory, which that MainProcess serves.
+
+One round of each kind runs at a time per node; a message that arrives while
+the previous round of its kind still runs is dropped (the next interval brings
+a fresh one), as is a message past its ``expires``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from celery import bootsteps
+from kombu import Consumer, Exchange, Queue
+
+__all__ = ["PeriodicWork", "periodic_queue_name", "PERIODIC_QUEUE", "PERIODIC_TASKS"]
+
+logger = logging.getLogger("tasker.periodic")
+
+#: The queue of tasker's periodic work when ``TASKER_STEP_QUEUE`` is the default.
+PERIODIC_QUEUE = "tasker.periodic"
+#: The tasks run from that queue in the MainProcess.
+PERIODIC_TASKS = ("tasker.sample_fleet", "tasker.recover_steps")
+
+
+def periodic_queue_name(step_queue: str) -> str:
+    """``tasker.periodic``, or ``<step queue>.periodic`` for a fleet with its own step queue.
+
+    Why: several fleets that share one broker database set their own step
+    queue; deriving the periodic queue from it keeps one fleet's nodes from
+    running another fleet's sampler and recovery (against the wrong database).
+    """
+    return PERIODIC_QUEUE if step_queue == "celery" else f"{step_queue}.periodic"
+
+
+def _expired(expires: object, now: datetime | None = None) -> bool:
+    if not isinstance(expires, str):
+        return False
+    try:
+        when = datetime.fromisoformat(expires)
+    except ValueError:
+        return False
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return (now or datetime.now(timezone.utc)) > when
+
+
+def _run_sample(headers: dict[str, Any]) -> None:
+    from tasker.correlation import PUBLISHED_AT_HEADER
+    from tasker.sampler.tasks import sample_fleet
+
+    # The task reads the publish stamp from its request (its stale check);
+    # the request stack is thread-local, so this thread has its own.
+    sample_fleet.push_request(**{PUBLISHED_AT_HEADER: headers.get(PUBLISHED_AT_HEADER)})
+    try:
+        sample_fleet.run()
+    finally:
+        sample_fleet.pop_request()
+
+
+def _run_recovery(headers: dict[str, Any]) -> None:
+    from tasker.workflows.engine import recover_steps
+
+    recover_steps.run()
+
+
+_RUNNERS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "tasker.sample_fleet": _run_sample,
+    "tasker.recover_steps": _run_recovery,
+}
+
+
+class PeriodicWork(bootsteps.ConsumerStep):
+    """Consumer bootstep: the periodic queue, consumed by the MainProcess itself."""
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self._running: set[str] = set()
+        self._lock = threading.Lock()
+
+    def get_consumers(self, channel: Any) -> list[Consumer]:
+        from tasker.settings import get_settings
+
+        name = periodic_queue_name(get_settings().step_queue)
+        # The same exchange and binding Celery creates for a routed queue it does
+        # not know (task_create_missing_queues), so beat's messages land here.
+        queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
+        return [Consumer(channel, queues=[queue], callbacks=[self._on_message],
+                         accept=["json"])]
+
+    def _on_message(self, body: Any, message: Any) -> None:
+        # Runs in the worker's event loop: acknowledge, hand over, return.
+        message.ack()
+        headers = dict(message.headers or {})
+        task = headers.get("task")
+        runner = _RUNNERS.get(task) if isinstance(task, str) else None
+        if runner is None:
+            logger.warning("periodic.unknown_task", extra={"task": str(task)[:200]})
+            return
+        if _expired(headers.get("expires")):
+            logger.info("periodic.expired", extra={"task": task})
+            return
+        with self._lock:
+            if task in self._running:
+                logger.info("periodic.still_running", extra={"task": task})
+                return
+            self._running.add(task)
+        threading.Thread(target=self._run, args=(task, runner, headers),
+                         name=f"tasker-periodic-{task}", daemon=True).start()
+
+    def _run(self, task: str, runner: Callable[[dict[str, Any]], None],
+             headers: dict[str, Any]) -> None:
+        try:
+            runner(headers)
+        except Exception:  # noqa: BLE001 - a failed round must never reach the event loop
+            logger.exception("periodic.failed", extra={"task": task})
+        finally:
+            with self._lock:
+                self._running.discard(task)

@@ -1,0 +1,114 @@
+"""tasker's own periodic work never waits behind user work (issue 2.4, item 1).
+
+A private Redis (tasker.embedded) holds the backlog, so beat, the node and the
+queue are this test's alone and LLEN is the queue's exact length.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from support import REPO, total
+
+from tasker.embedded import EmbeddedRedis
+
+INTERVAL = 2.0
+TASKS = 3000
+
+
+def _depth_and_stamp(node) -> tuple[float | None, float, float]:
+    s = node.scrape()
+    key = ("tasker_queue_depth", frozenset({("queue", "celery")}))
+    return (s.get(key), total(s, "tasker_sample_timestamp_seconds", source="broker"),
+            # The round stamps every source at its end: its start is this far back.
+            total(s, "tasker_sample_duration_seconds"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_queue_depth_is_sampled_during_a_backlog(start_node, tmp_path: Path) -> None:
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        url = f"redis://127.0.0.1:{server.port}/0"
+        env = {"TASKER_BROKER_URL": url, "TASKER_SAMPLE_INTERVAL": str(int(INTERVAL))}
+        node = start_node(queue="celery", env=env)
+        client = redis.Redis.from_url(url)
+
+        # LLEN of the queue read continuously, each read stamped before and after.
+        reads: list[tuple[float, float, int]] = []
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.is_set():
+                before = time.time()
+                n = client.llen("celery")
+                reads.append((before, time.time(), n))
+                time.sleep(0.005)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        beat_log = open(tmp_path / "beat.log", "wb")  # noqa: SIM115 - the child writes it
+        beat = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tasker", "beat",
+             "--schedule", str(tmp_path / "schedule")],
+            cwd=REPO, env={**node.env, **env}, stdout=beat_log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        try:
+            from celery import Celery
+
+            publisher = Celery("publisher", broker=url)
+            first_publish = time.time()
+            with publisher.producer_or_acquire() as producer:
+                for _ in range(TASKS):
+                    publisher.send_task("diagnostics.sleep", args=(0.02,), queue="celery",
+                                        producer=producer)
+            # Every sample taken while the backlog lasts, as (stamp, duration, depth).
+            samples: dict[float, tuple[float, float | None]] = {}
+            deadline = time.time() + 180
+            while time.time() < deadline:
+                depth, stamp, duration = _depth_and_stamp(node)
+                if stamp and stamp not in samples:
+                    samples[stamp] = (duration, depth)
+                if reads and reads[-1][2] == 0 and stamp > reads[-1][1] - 0.5 \
+                        and any(t > first_publish and d == 0 for t, (_, d) in samples.items()):
+                    break
+                time.sleep(0.1)
+            stop.set()
+            watcher.join()
+        finally:
+            os.killpg(beat.pid, signal.SIGTERM)
+            beat.wait(timeout=20)
+            beat_log.close()
+
+        drained_at = next(t for t, _, n in reads if t > first_publish + 1 and n == 0)
+        during = sorted((t, d, v) for t, (d, v) in samples.items()
+                        if first_publish < t <= drained_at + INTERVAL)
+        beat_output = (tmp_path / "beat.log").read_text()
+        assert during, f"no sample during the backlog; beat log:\n{beat_output}"
+        # Present within three intervals of the first publish ...
+        assert during[0][0] - first_publish <= 3 * INTERVAL, during[:3]
+        # ... and after every interval until the queue drains (no gap of two intervals).
+        stamps = [t for t, _, _ in during]
+        gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+        assert drained_at - stamps[-1] <= 2 * INTERVAL or stamps[-1] >= drained_at
+        assert max(gaps, default=0) <= 2 * INTERVAL, gaps
+        for stamp, duration, depth in during:
+            assert depth is not None, f"sample at {stamp} exported no depth"
+            # LLEN just before the round started and just after it ended.
+            before = [n for t0, _, n in reads if t0 <= stamp - duration - 0.05]
+            after = [n for _, t1, n in reads if t1 >= stamp]
+            if not before or not after:
+                continue
+            low, high = sorted((before[-1], after[0]))
+            assert low <= depth <= high, (stamp, depth, before[-1], after[0])
+        # The sampler's messages were never revoked as expired behind the backlog.
+        s = node.scrape()
+        assert total(s, "tasker_tasks_revoked_total", task="tasker.sample_fleet") == 0
+        assert total(s, "tasker_sample_skipped_total") == 0
