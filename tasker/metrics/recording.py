@@ -330,7 +330,9 @@ class SharedCount:
             return None
         try:
             value = struct.unpack_from("<q", self._map)[0] + 1
-            struct.pack_into("<q", self._map, 0, value)
+            # One slice assignment: pack_into zero-fills first, and ``value``
+            # is read without the lock (see tasker.metrics.values).
+            self._map[0:8] = struct.pack("<q", value)
             return value
         finally:
             self._lock.release()

@@ -15,6 +15,24 @@ does not change between scrapes:
 The file format is prometheus_client's ``MmapedDict``: a 4-byte ``used`` size,
 4 bytes of padding, then entries of (4-byte key length, UTF-8 JSON key padded
 to 8 bytes, double value, double timestamp).
+
+Reading files that other processes are writing, without a lock:
+
+* a value is written by one 16-byte slice assignment at an 8-byte aligned
+  offset (:mod:`tasker.metrics.values`), so each double is replaced by one
+  store; never ``struct.pack_into``, which zero-fills first;
+* a writer appends an entry and *then* raises ``used``. x86-64 keeps those two
+  stores in order for every reader; ARM64 (and other weakly ordered CPUs) may
+  let a reader see the new ``used`` before the entry's bytes. So an entry that
+  is not complete yet (a zero length, a key that is not valid JSON: the file
+  is zero-filled, and NUL is never valid JSON) ends the parse *without*
+  dropping the file: the entries before it are read, and the rest is picked
+  up at the next read. Only an entry still incomplete after
+  :data:`INCOMPLETE_GRACE` seconds is reported as corrupt;
+* a counter or histogram value in a live process's file only ever grows, so
+  the store never reports one lower than it read before (its *floor*): how
+  the kernel copies the bytes or in which order another CPU sees them can
+  then never turn into a counter reset for Prometheus.
 """
 
 from __future__ import annotations
@@ -24,6 +42,7 @@ import logging
 import os
 import struct
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -39,6 +58,9 @@ logger = logging.getLogger("tasker.metrics")
 
 _HEADER = struct.Struct("<i")
 _FILE_TYPES = frozenset({"counter", "histogram", "gauge"})
+#: Seconds an entry may stay incomplete (its writer is between the two stores
+#: of an append) before the file is reported as corrupt.
+INCOMPLETE_GRACE = 2.0
 
 
 @dataclass(frozen=True)
@@ -64,6 +86,10 @@ class _FileState:
     sids: list[int] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
     unpack: struct.Struct | None = None
+    #: Counters and histograms: the values last reported, never reported lower.
+    floor: tuple[float, ...] = ()
+    #: (offset, first seen) of an entry not yet complete, see the module doc.
+    incomplete: tuple[int, float] | None = None
 
 
 @dataclass
@@ -243,7 +269,15 @@ class MetricStore:
                 self._parse_new_entries(state, data, used)
             if state.unpack is None:
                 return ()
-            return state.unpack.unpack_from(data)[0::2]
+            values = state.unpack.unpack_from(data)[0::2]
+            if state.typ == "gauge":
+                return values
+            if len(state.floor) == len(values):
+                values = tuple(map(max, values, state.floor))
+            else:  # new entries since the last read: they start at their own value
+                values = tuple(map(max, values, state.floor + values[len(state.floor):]))
+            state.floor = values
+            return values
         except FileNotFoundError:
             return None
         except (OSError, ValueError, struct.error, UnicodeDecodeError) as exc:
@@ -255,19 +289,46 @@ class MetricStore:
         sids, positions = list(state.sids), list(state.positions)
         while pos < used:
             (length,) = _HEADER.unpack_from(data, pos)
-            if length <= 0 or pos + 4 + length > used:
-                raise ValueError(f"entry at {pos} runs past the used size")
-            key = data[pos + 4:pos + 4 + length].decode("utf-8")
-            pos += 4 + length + (8 - (length + 4) % 8)
+            end = pos + 4 + length + (8 - (length + 4) % 8) + 16
+            key = self._complete_key(data, pos, length, end, used, state.mode)
+            if key is None:  # not written yet as far as this reader can see
+                self._note_incomplete(state, pos)
+                break
             sids.append(self._sid(key, state))
-            positions.append(pos)
-            pos += 16
+            positions.append(end - 16)
+            pos = end
+        else:
+            state.incomplete = None
+        if pos == state.parsed_upto:
+            return
         fmt, prev = ["<"], 0
         for p in positions:
             fmt.append(f"{p - prev}xdd" if p > prev else "dd")
             prev = p + 16
         state.unpack = struct.Struct("".join(fmt))
-        state.sids, state.positions, state.parsed_upto = sids, positions, used
+        state.sids, state.positions, state.parsed_upto = sids, positions, pos
+
+    def _complete_key(self, data: bytes, pos: int, length: int, end: int, used: int,
+                      mode: str) -> str | None:
+        """The JSON key of the entry at ``pos``, or None while it is not complete."""
+        if length <= 0 or end > used:
+            return None
+        try:
+            key = data[pos + 4:pos + 4 + length].decode("utf-8")
+            if (key, mode) in self._sid_by_key:  # a key seen complete (cheaper than JSON)
+                return key
+            parsed = json.loads(key)
+        except ValueError:  # UnicodeDecodeError and JSONDecodeError alike
+            return None
+        return key if isinstance(parsed, list) and len(parsed) == 4 else None
+
+    @staticmethod
+    def _note_incomplete(state: _FileState, pos: int) -> None:
+        now = time.monotonic()
+        if state.incomplete is None or state.incomplete[0] != pos:
+            state.incomplete = (pos, now)
+        elif now - state.incomplete[1] > INCOMPLETE_GRACE:
+            raise ValueError(f"entry at {pos} is still incomplete after {INCOMPLETE_GRACE} s")
 
     def _sid(self, key: str, state: _FileState) -> int:
         """The series id of a file key, parsing its JSON only the first time."""

@@ -451,3 +451,58 @@ def test_process_identifier_is_renewed_in_a_forked_child() -> None:
     os.waitpid(pid, 0)
     assert child != parent and child.startswith(f"{pid}-")
     assert identity.process_identifier() == parent
+
+
+# -- concurrent writers (see the store's module doc) ------------------------
+
+
+def _key(task: str) -> str:
+    return mmap_key("tt_tasks", "tt_tasks_total", ["task"], [task], "h")
+
+
+def test_an_entry_not_yet_visible_ends_the_parse_without_dropping_the_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+        ) -> None:
+    """A weakly ordered CPU may show the new ``used`` before the entry's bytes."""
+    from tasker.metrics import store as store_module
+
+    complete = db_bytes({_key("a"): 3.0, _key("b"): 4.0})
+    split = len(db_bytes({_key("a"): 3.0}))
+    path = tmp_path / "counter_1-1.db"
+    # ``used`` covers both entries, the second one's bytes are still zeros.
+    path.write_bytes(complete[:split] + bytes(len(complete) - split))
+    store = MetricStore(str(tmp_path), is_alive=lambda owner: True)
+    assert store.read().sum_of("tt_tasks_total") == 3.0  # the file is kept, "a" is read
+    path.write_bytes(complete)  # the writer's bytes arrive
+    assert store.read().by_label("tt_tasks_total", "task") == {"a": 3.0, "b": 4.0}
+    assert "metrics.file_corrupt" not in caplog.text
+
+    # An entry that never completes is reported, once the grace period is over.
+    monkeypatch.setattr(store_module, "INCOMPLETE_GRACE", 0.0)
+    other = tmp_path / "counter_1-2.db"
+    other.write_bytes(complete[:split] + bytes(len(complete) - split))
+    store.read()
+    store.read()
+    assert "metrics.file_corrupt" in caplog.text
+
+
+def test_a_live_counter_is_never_reported_lower_than_it_was_read(tmp_path: Path) -> None:
+    """However the bytes were copied, a reading never shows a counter reset."""
+    path = tmp_path / "counter_1-1.db"
+    path.write_bytes(db_bytes({_key("a"): 10.0, _key("b"): 5.0}))
+    store = MetricStore(str(tmp_path), is_alive=lambda owner: True)
+    assert store.read().sum_of("tt_tasks_total") == 15.0
+    path.write_bytes(db_bytes({_key("a"): 0.0, _key("b"): 6.0}))  # "a" torn to 0
+    assert store.read().by_label("tt_tasks_total", "task") == {"a": 10.0, "b": 6.0}
+    path.write_bytes(db_bytes({_key("a"): 11.0, _key("b"): 6.0, _key("c"): 1.0}))
+    assert store.read().by_label("tt_tasks_total", "task") == {"a": 11.0, "b": 6.0, "c": 1.0}
+
+
+def test_a_live_gauge_may_go_down(tmp_path: Path) -> None:
+    path = tmp_path / "gauge_livesum_1-1.db"
+    key = mmap_key("tt_active", "tt_active", [], [], "h")
+    path.write_bytes(db_bytes({key: 3.0}))
+    store = MetricStore(str(tmp_path), is_alive=lambda owner: True)
+    assert store.read().sum_of("tt_active") == 3.0
+    path.write_bytes(db_bytes({key: 1.0}))
+    assert store.read().sum_of("tt_active") == 1.0
