@@ -12,7 +12,10 @@ processing rate, latency EMA, memory...) are not here but in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import threading
+import weakref
+from dataclasses import dataclass, fields
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -65,6 +68,34 @@ class TaskMetrics:
 
 def create_metrics() -> TaskMetrics:
     """Create the metric objects (unregistered: the node store reads their files)."""
+    metrics = _create_metrics()
+    _renew_label_locks_after_fork(metrics)
+    return metrics
+
+
+def _renew_label_locks_after_fork(metrics: TaskMetrics) -> None:
+    """Give a forked pool process fresh locks for its ``labels()`` calls.
+
+    prometheus_client guards each labelled metric's table of children with a
+    ``threading.Lock`` (its ``_lock``). The MainProcess's other threads create
+    children too (exit counts, error counts), and billiard may fork a pool
+    process at that very moment: the child's copy of the lock would stay taken
+    for good and its first ``labels()`` on that metric would hang. The table
+    itself is a dict, consistent between bytecodes.
+    """
+    ref = weakref.ref(metrics)
+
+    def renew() -> None:
+        found = ref()
+        for field in fields(TaskMetrics) if found is not None else ():
+            metric = getattr(found, field.name)
+            if hasattr(metric, "_lock"):
+                metric._lock = threading.Lock()
+
+    os.register_at_fork(after_in_child=renew)
+
+
+def _create_metrics() -> TaskMetrics:
     task_labels = ("task", "queue")
     return TaskMetrics(
         # Recorded in the MainProcess (task_received).

@@ -198,6 +198,9 @@ class NodeState:
         # open file description, which fork shares) and its own slot.
         # (A fork counter, not os.getpid(): this runs for every task.)
         if self._forks != _forks_seen:
+            # Another thread of the parent may have held the lock at the fork:
+            # the child's copy would never be released.
+            self._lock = threading.Lock()
             self.close()  # the inherited descriptor and map; the parent keeps its own
             self._open()
 

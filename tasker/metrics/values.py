@@ -73,6 +73,18 @@ def multiprocess_value_class(process_identifier: Callable[[], str],
     lock = threading.Lock()
     opened_in = [_fork_generation]
 
+    def new_lock_in_child() -> None:
+        # billiard forks pool processes from the MainProcess's main thread
+        # while its other threads (the received-count flush, exit counts, a
+        # scrape) may hold the lock; the child has only the forking thread,
+        # so nobody would ever release that copy. The child's values reopen
+        # their own files at their first update, so nothing half-written in
+        # the parent's memory is carried over.
+        nonlocal lock
+        lock = threading.Lock()
+
+    os.register_at_fork(after_in_child=new_lock_in_child)
+
     def reopen_after_fork() -> None:
         """Lock held: this process was forked; its values belong in its own files."""
         for f in files.values():

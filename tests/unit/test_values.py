@@ -185,3 +185,85 @@ def test_a_tasks_batched_writes_equal_the_public_calls(tmp_path: Path, use_value
     _run_tasks(series)
     for name in ("counter_p1.db", "histogram_p1.db", "gauge_livesum_p1.db"):
         assert _file_values(batched_dir / name) == _file_values(public_dir / name), name
+
+
+def _wait_for_child(pid: int, timeout: float) -> int | None:
+    """The child's exit status, or None (and the child killed) if it did not exit in time."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return None
+
+
+def test_a_child_forked_while_another_thread_holds_the_lock_still_writes(
+        tmp_path: Path, use_values) -> None:
+    """billiard forks a replacement process while a MainProcess thread (the received-count
+    flush, an exit count, a scrape) may be inside an update: the child must not inherit
+    a lock nobody in it will ever release."""
+    use_values(tmp_path, multiprocess_value_class(lambda: str(os.getpid())))
+    counter = Counter("forklock_tasks", "Tasks.", registry=None)
+    counter.inc()
+    holding, release = threading.Event(), threading.Event()
+
+    def updates() -> Iterator[tuple[object, float]]:
+        holding.set()  # add_many holds the lock while it iterates
+        release.wait(10)
+        yield counter._value, 1.0
+
+    holder = threading.Thread(target=lambda: counter._value.add_many(updates()))
+    holder.start()
+    assert holding.wait(5)
+    pid = os.fork()
+    if pid == 0:  # the child: one update, then leave without cleanup
+        try:
+            counter.inc(5)
+            os._exit(0)
+        finally:
+            os._exit(1)
+    try:
+        status = _wait_for_child(pid, timeout=1.0)
+    finally:
+        release.set()
+        holder.join()
+    assert status == 0, "the child could not write within 1 s of its fork"
+    assert list(_file_values(tmp_path / f"counter_{pid}.db").values()) == [5.0]
+
+
+def test_a_child_forked_while_another_thread_creates_a_labelled_series_still_records(
+        tmp_path: Path, use_values) -> None:
+    """The same for prometheus_client's lock around a metric's children (``labels()``)."""
+    from tasker.metrics.definitions import create_metrics
+
+    use_values(tmp_path, multiprocess_value_class(lambda: str(os.getpid())))
+    metrics = create_metrics()
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_the_labels_lock() -> None:
+        with metrics.process_exits._lock:
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold_the_labels_lock)
+    holder.start()
+    assert holding.wait(5)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            metrics.process_exits.labels("w", "lost").inc()
+            os._exit(0)
+        finally:
+            os._exit(1)
+    try:
+        status = _wait_for_child(pid, timeout=1.0)
+    finally:
+        release.set()
+        holder.join()
+    assert status == 0, "the child could not create a series within 1 s of its fork"
