@@ -236,6 +236,22 @@ def _result_backend(raw: str) -> str:
     return _failover_url(RESULT_BACKEND_SCHEMES)(raw)
 
 
+def _multiproc_dir(raw: str) -> str:
+    # Checked at start-up, where a refusal is one line and exit 2; the node
+    # checks again before it empties the directory (tasker/metrics/directory.py).
+    from tasker.metrics.directory import ForeignFilesError, refuse_foreign
+
+    if os.path.exists(raw) and not os.path.isdir(raw):
+        raise SettingsError("it exists and is not a directory")
+    try:
+        refuse_foreign(raw)
+    except ForeignFilesError as exc:
+        raise SettingsError(str(exc).split(" ", 1)[1]) from None
+    except OSError as exc:
+        raise SettingsError(f"cannot read it ({exc.strerror})") from None
+    return raw
+
+
 def _database_url(raw: str) -> str:
     import psycopg
     from psycopg.conninfo import conninfo_to_dict
@@ -295,7 +311,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                             "an IP address (0.0.0.0, ::, 127.0.0.1) or a host name, "
                             "without a port"),
         metrics_token=_parse(env, "TASKER_METRICS_TOKEN", None, str, "a bearer token"),
-        multiproc_dir=_parse(env, "PROMETHEUS_MULTIPROC_DIR", None, str, "a directory path"),
+        multiproc_dir=_parse(env, "PROMETHEUS_MULTIPROC_DIR", None, _multiproc_dir,
+                             "a directory that is new, empty or tasker's own"),
         rate_window=_parse(env, "TASKER_RATE_WINDOW", 60.0, float,
                            "seconds, a number between 1 and 3600", lambda v: 1 <= v <= 3600),
         ema_alpha=_parse(env, "TASKER_EMA_ALPHA", 0.1, float,

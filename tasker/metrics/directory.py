@@ -1,11 +1,16 @@
-"""The node's multiprocess directory: chosen, locked and wiped at node start.
+"""The node's multiprocess directory: chosen, locked and emptied of tasker's files at start.
 
-Two live worker nodes must never share a directory (each wipes it when it
+Two live worker nodes must never share a directory (each empties it when it
 starts, and each folds the other's files). So a node holds an exclusive
 ``flock`` on ``node.lock`` inside its directory for its whole life: a second
 node pointed at the same ``PROMETHEUS_MULTIPROC_DIR`` refuses to start, and a
 default directory whose lock is free belongs to a node that is gone and can be
 removed.
+
+A configured directory is only ever emptied of files tasker itself creates
+(:func:`foreign_entries` tells them apart): a directory that holds anything
+else (a shared temporary directory, a data directory set by mistake) is
+refused, and nothing in it is touched.
 """
 
 from __future__ import annotations
@@ -13,11 +18,13 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 
-__all__ = ["NodeDirectory", "DirectoryInUseError", "prepare_directory", "DEFAULT_PREFIX"]
+__all__ = ["NodeDirectory", "DirectoryInUseError", "ForeignFilesError", "prepare_directory",
+           "foreign_entries", "DEFAULT_PREFIX"]
 
 logger = logging.getLogger("tasker.metrics")
 
@@ -26,8 +33,52 @@ DEFAULT_PREFIX = "tasker-metrics-"
 _LOCK_NAME = "node.lock"
 
 
+#: Every name tasker creates in a node directory: the lock, the node state
+#: (tasker/metrics/node_state.py), the fleet export and sampler locks
+#: (tasker/sampler/), pool-process markers (tasker/metrics/node.py), and
+#: prometheus_client's value files named by tasker's process identifier
+#: ``<pid>-<start ticks>`` (tasker/metrics/identity.py). Keep in step with them.
+_TASKER_NAME = re.compile(
+    r"""^(?:node\.lock|node_state\.bin(?:\.tmp)?|fleet\.json(?:\.\d+\.tmp)?|fleet\.lock
+        |sampler\.lock|(?:proc|exit)_\d+-\d+
+        |(?:counter|histogram|summary|gauge_[a-z]+)_\d+-\d+\.db)$""", re.VERBOSE)
+
+
 class DirectoryInUseError(RuntimeError):
     """Another live worker node owns the directory."""
+
+
+class ForeignFilesError(RuntimeError):
+    """The configured directory holds files tasker did not create; nothing was touched."""
+
+
+def foreign_entries(path: str) -> list[str]:
+    """Names in ``path`` that tasker did not create (sorted; [] for a missing directory).
+
+    Without ``node.lock`` (the first file a node creates, never removed while the
+    directory is in use) nothing in the directory is tasker's: even files named like
+    prometheus_client's may belong to another application using that library.
+    """
+    try:
+        names = sorted(entry.name for entry in os.scandir(path))
+    except FileNotFoundError:
+        return []
+    if _LOCK_NAME not in names:
+        return names
+    return [name for name in names if not _TASKER_NAME.match(name)
+            or os.path.isdir(os.path.join(path, name))]
+
+
+def refuse_foreign(path: str) -> None:
+    """Raise :class:`ForeignFilesError` naming the variable if ``path`` holds others' files."""
+    foreign = foreign_entries(path)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3
+                                          else "")
+        raise ForeignFilesError(
+            f"PROMETHEUS_MULTIPROC_DIR={path} holds files tasker did not create ({shown}); "
+            "tasker empties its directory at every start, so point it at an empty or new "
+            "directory (or unset it for a private one)")
 
 
 @dataclass
@@ -91,6 +142,7 @@ def prepare_directory(configured: str | None) -> NodeDirectory:
 
     Raises:
         DirectoryInUseError: ``configured`` is held by another live node.
+        ForeignFilesError: ``configured`` holds files tasker did not create.
         OSError: the directory cannot be created or written.
     """
     if configured is None:
@@ -100,6 +152,9 @@ def prepare_directory(configured: str | None) -> NodeDirectory:
         assert fd is not None  # nobody else knows this new directory yet
         return NodeDirectory(path, True, fd)
     os.makedirs(configured, exist_ok=True)
+    # Checked before node.lock is created: that file would make a directory of
+    # foreign files look like tasker's.
+    refuse_foreign(configured)
     fd = _try_lock(configured)
     if fd is None:
         with open(os.path.join(configured, _LOCK_NAME)) as f:
@@ -108,11 +163,11 @@ def prepare_directory(configured: str | None) -> NodeDirectory:
             f"PROMETHEUS_MULTIPROC_DIR={configured} is in use by another live worker node "
             f"(pid {holder}); give each node its own directory"
         )
+    # Only tasker's own files go, even if someone added one since the check
+    # above: anything else is left where it is.
     for entry in os.scandir(configured):
-        if entry.name == _LOCK_NAME:
+        if entry.name == _LOCK_NAME or not _TASKER_NAME.match(entry.name):
             continue
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path, ignore_errors=True)
-        else:
+        if not entry.is_dir(follow_symlinks=False):
             os.unlink(entry.path)
     return NodeDirectory(configured, False, fd)

@@ -352,3 +352,70 @@ def test_allocation_failure_stops_recording_once(tmp_path: Path, monkeypatch: py
         recording.deactivate()
     assert [r for r in caplog.records if r.getMessage() == "metrics.record_failed"
             and getattr(r, "stage", None) == recording.DIRECTORY_STAGE]
+
+
+# -- a configured directory that holds files tasker did not create -------------
+
+
+def _others_files(directory: Path) -> dict[Path, bytes]:
+    (directory / "sub").mkdir(parents=True)
+    files = {directory / "precious.txt": b"keep me\n", directory / "sub" / "notes.txt": b"me too\n",
+             # Named like prometheus_client's files, but of another application.
+             directory / "counter_4242.db": b"\0" * 16}
+    for path, data in files.items():
+        path.write_bytes(data)
+    return files
+
+
+def _intact(files: dict[Path, bytes]) -> None:
+    for path, data in files.items():
+        assert path.read_bytes() == data, f"{path} was changed or deleted"
+
+
+def test_prepare_directory_never_deletes_files_it_did_not_create(tmp_path: Path) -> None:
+    from tasker.metrics import directory as node_directory
+
+    shared = tmp_path / "shared"
+    files = _others_files(shared)
+    with pytest.raises(RuntimeError, match="PROMETHEUS_MULTIPROC_DIR=.*precious.txt"):
+        node_directory.prepare_directory(str(shared))
+    _intact(files)
+    assert not (shared / "node.lock").exists()
+
+
+def test_a_directory_left_by_a_dead_node_loses_only_tasker_files(tmp_path: Path) -> None:
+    from tasker.metrics import directory as node_directory
+
+    left = tmp_path / "left"
+    first = node_directory.prepare_directory(str(left))
+    for name in ("counter_11-22.db", "gauge_livesum_11-22.db", "proc_11-22", "fleet.json"):
+        (left / name).write_bytes(b"x")
+    first.release()  # the node is gone; its files stay (a configured directory is kept)
+    second = node_directory.prepare_directory(str(left))
+    try:
+        assert sorted(p.name for p in left.iterdir()) == ["node.lock"]
+    finally:
+        second.release()
+    # Someone then puts a file of theirs in it: the next start refuses and keeps it.
+    (left / "counter_11-22.db").write_bytes(b"x")
+    (left / "mine.csv").write_bytes(b"1,2\n")
+    with pytest.raises(RuntimeError, match="mine.csv"):
+        node_directory.prepare_directory(str(left))
+    assert (left / "mine.csv").read_bytes() == b"1,2\n"
+    assert (left / "counter_11-22.db").exists()
+
+
+@pytest.mark.timeout(120)
+def test_worker_refuses_a_directory_of_foreign_files_with_one_line_and_exit_2(
+        start_node, tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    files = _others_files(shared)
+    node = start_node(env={"PROMETHEUS_MULTIPROC_DIR": str(shared)}, wait=False)
+    try:
+        node.proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        pass
+    _intact(files)
+    assert node.proc.returncode == 2, node.log()[-3000:]
+    lines = node.log().strip().splitlines()
+    assert len(lines) == 1 and "PROMETHEUS_MULTIPROC_DIR" in lines[0], node.log()[-3000:]
