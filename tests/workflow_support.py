@@ -48,3 +48,130 @@ def assert_no_step_applied_twice(url: str, uuids: list[str]) -> None:
             " WHERE task_uuid = ANY(%s::uuid[]) GROUP BY 1, 2 HAVING count(*) <> 1",
             [uuids]).fetchall()
     assert not dupes, dupes
+
+
+# -- poison and timing workflows (tests only) ----------------------------------
+# Declared here so both the test process (which submits them) and the workers
+# (started with PYTHONPATH=tests and ``--include workflow_support``) know them.
+# Each handler appends one line to ``context["runs_file"]`` before anything
+# else: a side effect outside the database that no rollback undoes, so the
+# file counts how many times the handler really ran.
+
+TESTS_DIR = str(__import__("pathlib").Path(__file__).resolve().parent)
+
+
+def _ran(ctx) -> None:
+    path = ctx.context.get("runs_file")
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{ctx.step_name} {ctx.attempt}\n")
+
+
+def _sigkill_self(ctx):
+    import os
+    import signal
+
+    _ran(ctx)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _return_nan(ctx):
+    _ran(ctx)
+    ctx.conn.execute("INSERT INTO tasker_workflow_ledger (task_uuid, step, value)"
+                     " VALUES (%s, %s, 1)", [ctx.task_uuid, ctx.step_name])
+    return {"value": float("nan")}
+
+
+def _return_nul(ctx):
+    _ran(ctx)
+    return {"text": "a\u0000b"}
+
+
+def _break_connection(ctx):
+    _ran(ctx)
+    ctx.conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+    return {"unreachable": True}
+
+
+def _sleep_and_record(ctx):
+    _ran(ctx)
+    ctx.conn.execute("SELECT pg_sleep(%s)", [float(ctx.context.get("seconds", 2))])
+    ctx.conn.execute("INSERT INTO tasker_workflow_ledger (task_uuid, step, value)"
+                     " VALUES (%s, %s, %s)", [ctx.task_uuid, ctx.step_name, ctx.attempt])
+    return {"slept": True}
+
+
+def _after(ctx):
+    _ran(ctx)
+    return {"after": True}
+
+
+def _declare_poison() -> dict[str, object]:
+    from tasker.workflows import Step, Workflow
+
+    def poison(name, handler):
+        return Workflow("poison", name, steps=[Step("bad", handler, max_attempts=2),
+                                               Step("after", _after, after=["bad"])])
+
+    return {
+        "sigkill": poison("sigkill", _sigkill_self),
+        "nan": poison("nan", _return_nan),
+        "nul": poison("nul", _return_nul),
+        "broken_connection": poison("broken_connection", _break_connection),
+        "two_roots": Workflow("poison", "two_roots", steps=[
+            Step("left", _sleep_and_record), Step("right", _sleep_and_record),
+            Step("join", _after, after=["left", "right"])]),
+        "hold": Workflow("poison", "hold", steps=[Step("hold", _sleep_and_record)]),
+    }
+
+
+POISON = _declare_poison()
+
+
+def runs(path) -> list[str]:
+    """The lines a poison handler wrote: one per run of its handler."""
+    try:
+        with open(path) as f:
+            return f.read().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def poison_env(step_queue: str, **extra: str) -> dict[str, str]:
+    """Environment of a worker that knows the poison workflows."""
+    import os
+
+    path = os.pathsep.join(p for p in (TESTS_DIR, os.environ.get("PYTHONPATH")) if p)
+    return {"TASKER_STEP_QUEUE": step_queue, "PYTHONPATH": path, **extra}
+
+
+POISON_ARGS = ["--include", "workflow_support"]
+
+
+def queued_step_messages(redis_client, queue: str) -> dict[str, int]:
+    """Step uuid -> ``tasker.run_step`` messages waiting in ``queue`` (every priority level)."""
+    import base64
+    import json
+    from collections import Counter
+
+    found: Counter[str] = Counter()
+    for key in redis_client.scan_iter(match=f"{queue}*"):
+        if redis_client.type(key) != b"list":
+            continue
+        for raw in redis_client.lrange(key, 0, -1):
+            message = json.loads(raw)
+            if message.get("headers", {}).get("task") != "tasker.run_step":
+                continue
+            args = json.loads(base64.b64decode(message["body"]))[0]
+            found[args[0]] += 1
+    return dict(found)
+
+
+def open_work_mismatch(url: str) -> list[tuple]:
+    """Open steps of finalized tasks (there must be none)."""
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            "SELECT t.uuid, t.state, s.name, s.state FROM tasker_steps s"
+            " JOIN tasker_tasks t ON t.uuid = s.task_uuid"
+            " WHERE t.state IN ('complete', 'error')"
+            " AND s.state IN ('waiting', 'dispatched', 'running', 'waiting_retry')").fetchall()

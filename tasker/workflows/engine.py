@@ -1,20 +1,16 @@
-"""Submitting task requests and running their steps on the fleet.
+"""Submitting task requests, running their steps on the fleet, recovering lost messages.
 
 A request is validated, then recorded with all its steps in one transaction
 (nothing half-written), then its root steps are published. Each step runs as
-the Celery task ``tasker.run_step``:
-
-1. lock the step row; a step that is not waiting to run (a late duplicate
-   delivery) is skipped, so its handler runs once;
-2. run the handler inside a savepoint of the same transaction, so its
-   database effects commit together with the step's completion;
-3. lock the task row, store the result, dispatch the steps it unblocked,
-   finalize the task when it is done; commit; then publish.
+the Celery task ``tasker.run_step`` (see :mod:`tasker.workflows.attempt`: a
+lease, an attempt counted before the handler runs, the outcome committed with
+the handler's effects).
 
 A message lost after the commit (or never published) leaves its step
-``dispatched``: the beat-scheduled ``tasker.recover_steps`` re-publishes steps
-not started within ``TASKER_RECOVERY_DEADLINE`` seconds, marked as delivered
-by polling.
+``dispatched`` (or ``running`` with no lease, when the attempt died). The
+beat-scheduled ``tasker.recover_steps`` re-publishes such a step only when its
+message is provably not in flight: older than ``TASKER_RECOVERY_DEADLINE``
+*and* not waiting in the step queue (:mod:`tasker.workflows.inflight`).
 """
 
 from __future__ import annotations
@@ -22,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import traceback
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,25 +32,45 @@ from tasker.correlation import (
     uuid7,
 )
 from tasker.settings import get_settings
-from tasker.workflows import records
-from tasker.workflows.definition import ContextError, StepContext, get_workflow
+from tasker.workflows import attempt, inflight, records
+from tasker.workflows.definition import ContextError, get_workflow
 
-__all__ = ["submit", "Submission", "run_step", "recover_steps", "retry_delay"]
+__all__ = ["submit", "Submission", "KeyConflictError", "run_step", "recover_steps",
+           "retry_delay"]
 
 logger = logging.getLogger("tasker.workflows")
 
 #: Seconds before the first retry of a failed step; doubled each attempt, capped.
 RETRY_BASE_SECONDS = 0.5
 RETRY_MAX_SECONDS = 60.0
+#: Where the step queue cannot be read (not Redis, or longer than
+#: ``inflight.MAX_SCAN``), a step's n-th re-dispatch waits deadline * 2**n
+#: (at most this many doublings): copies grow with the log of the backlog's
+#: age instead of one per poll.
+FALLBACK_MAX_DOUBLINGS = 6
+
+
+class KeyConflictError(ContextError):
+    """An idempotency key already names a request for another workflow or context."""
 
 
 @dataclass(frozen=True)
 class Submission:
+    """What :func:`submit` did.
+
+    ``created`` is False when the idempotency key named an existing request
+    (nothing written, nothing published). ``publish_error`` is set when the
+    request was recorded but its root steps could not be published (broker
+    down): the recovery poller dispatches them.
+    """
+
     task_uuid: str
     correlation_id: str
     parent_correlation_id: str | None
     dispatched_steps: list[str]
     initialization_seconds: float
+    created: bool = True
+    publish_error: str | None = None
 
 
 def retry_delay(attempt: int) -> float:
@@ -84,19 +99,25 @@ def _publish(step_uuid: str, workflow: str, correlation_id: str, parent: str | N
 
 
 def submit(workflow_name: str, context: dict[str, Any] | None = None, *,
-           parent_correlation_id: str | None = None) -> Submission:
+           parent_correlation_id: str | None = None, key: str | None = None) -> Submission:
     """Validate, record and start a task request.
+
+    Args:
+        key: an idempotency key. A request already recorded with it (same
+            workflow and context) is returned as it is: nothing is written or
+            published again, so a submit that failed half-way can be retried.
 
     Raises:
         UnknownWorkflowError: no such workflow.
         ContextError: the context is too large or fails the workflow's validation.
+        KeyConflictError: ``key`` already names a different request.
         tasker.db.DatabaseError: the database cannot be reached (nothing recorded).
     """
     started = time.perf_counter()
     wf = get_workflow(workflow_name)
     context = {} if context is None else context
     try:
-        encoded = json.dumps(context)
+        encoded = json.dumps(context, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ContextError(f"context is not JSON: {exc}") from None
     limit = get_settings().max_context_bytes
@@ -104,95 +125,69 @@ def submit(workflow_name: str, context: dict[str, Any] | None = None, *,
         raise ContextError(f"context is {len(encoded.encode())} bytes; the limit is {limit} "
                            "(TASKER_MAX_CONTEXT_BYTES)")
     wf.check_context(context)
+    if key is not None and not (0 < len(key) <= 200):
+        raise ContextError("the idempotency key must be 1 to 200 characters")
     correlation_id = uuid7()
     parent = parent_correlation_id or current_correlation_id()
     with db.connection() as conn:
-        task_uuid, roots = records.insert_request(conn, wf, context, correlation_id, parent)
+        recorded = records.insert_request(conn, wf, context, correlation_id, parent, key)
+        existing = records.find_by_key(conn, key) if recorded is None and key else None
+    if recorded is None:
+        return _existing(wf.full_name, context, key, existing, started)
+    task_uuid, roots = recorded
+    publish_error = None
     for step_uuid, _name in roots:
-        _publish(step_uuid, wf.full_name, correlation_id, parent)
+        try:
+            _publish(step_uuid, wf.full_name, correlation_id, parent)
+        except Exception as exc:  # noqa: BLE001 - recorded: the poller dispatches it
+            publish_error = " ".join(f"{type(exc).__name__}: {exc}".split())
+            break  # the broker is down: the other roots would fail the same way
     elapsed = time.perf_counter() - started
     recorder = _metrics()
     if recorder is not None:
         recorder.child(recorder.metrics.workflow_initialization, wf.full_name).observe(elapsed)
-    logger.info("workflow.submitted", extra={
+    (logger.warning if publish_error else logger.info)("workflow.submitted", extra={
         "workflow": wf.full_name, "task_uuid": task_uuid, "correlation_id": correlation_id,
-        "parent_correlation_id": parent, "initialization_seconds": round(elapsed, 6)})
-    return Submission(task_uuid, correlation_id, parent, [u for u, _ in roots], elapsed)
+        "parent_correlation_id": parent, "initialization_seconds": round(elapsed, 6),
+        "publish_error": publish_error})
+    return Submission(task_uuid, correlation_id, parent, [u for u, _ in roots], elapsed,
+                      publish_error=publish_error)
+
+
+def _existing(workflow: str, context: dict[str, Any], key: str | None,
+              row: dict[str, Any] | None, started: float) -> Submission:
+    if row is None:  # the conflicting row vanished (deleted) between the two statements
+        raise KeyConflictError(f"idempotency key {key!r} is in use; retry")
+    if row["workflow"] != workflow or row["context"] != context:
+        raise KeyConflictError(
+            f"idempotency key {key!r} already names request {row['uuid']} "
+            f"({row['workflow']}) with another workflow or context")
+    logger.info("workflow.submit_repeated", extra={"task_uuid": row["uuid"], "key": key})
+    return Submission(row["uuid"], row["correlation_id"], row["parent_correlation_id"], [],
+                      time.perf_counter() - started, created=False)
 
 
 @shared_task(name="tasker.run_step", bind=True, acks_late=True, reject_on_worker_lost=True,
              ignore_result=True)
 def run_step(self: Any, step_uuid: str) -> str:
-    """Run one step (see the module docstring); returns what happened."""
+    """Run one delivery of a step (see :mod:`tasker.workflows.attempt`); returns its outcome."""
     path = getattr(self.request, DELIVERY_HEADER, None) or "event"
-    to_publish: list[tuple[str, str, str, str | None, float | None]] = []
-    outcome = "skipped"
-    finalized: tuple[str, float] | None = None
-    finalize_seconds = 0.0
-    with db.connection() as conn:
-        step = records.lock_step(conn, step_uuid)
-        if step is None:
-            logger.warning("workflow.step_unknown", extra={"step_uuid": step_uuid})
-            return "unknown"
-        if step.state not in ("dispatched", "waiting_retry") or step.task_state not in (
-                "pending", "in_progress"):
-            logger.info("workflow.step_duplicate", extra={
-                "step_uuid": step_uuid, "step": step.name, "state": step.state})
-            return "duplicate"
-        wf = get_workflow(step.workflow)
-        spec = wf.step(step.name)
-        task_started = records.start_task(conn, step.task_uuid)
-        results = records.dependency_results(conn, step.task_uuid, spec.after)
-        attempt = step.attempts + 1
+
+    def on_execution(workflow: str) -> None:
         recorder = _metrics()
         if recorder is not None:
-            recorder.child(recorder.metrics.step_executions, wf.full_name, path).inc()
-        try:
-            with conn.transaction():  # a savepoint: the handler's effects
-                result = spec.handler(StepContext(
-                    context=step.context, results=results, conn=conn,
-                    task_uuid=step.task_uuid, step_name=step.name, attempt=attempt,
-                    correlation_id=step.correlation_id))
-                json.dumps(result)  # a result that cannot be stored is a failure
-        except Exception as exc:  # noqa: BLE001 - a failing step is recorded, not raised
-            error = f"{type(exc).__name__}: {exc}"
-            retry_in = retry_delay(attempt) if attempt < step.max_attempts else None
-            state = records.record_failed_attempt(conn, step, error, retry_in)
-            outcome = "retry" if state == "waiting_retry" else "error"
-            log = logger.warning if outcome == "retry" else logger.error
-            log("workflow.step_failed", extra={
-                "workflow": wf.full_name, "task_uuid": step.task_uuid, "step": step.name,
-                "attempt": attempt, "max_attempts": step.max_attempts, "error": error,
-                "retry_in_seconds": retry_in,
-                "traceback": "".join(traceback.format_exception(exc))[-2000:]})
-            if outcome == "retry":
-                to_publish.append((step.uuid, wf.full_name, step.correlation_id,
-                                   step.parent_correlation_id, retry_in))
-            else:
-                records.lock_task(conn, step.task_uuid)
-                t0 = time.perf_counter()
-                finalized = records.finalize(conn, step.task_uuid,
-                                             error=f"step {step.name}: {error}")
-                finalize_seconds = time.perf_counter() - t0
-        else:
-            outcome = "complete"
-            records.complete_step(conn, step, result)
-            task_state = records.lock_task(conn, step.task_uuid)
-            if task_state in ("pending", "in_progress"):
-                for ready_uuid, _name in records.dispatch_ready(conn, step.task_uuid):
-                    to_publish.append((ready_uuid, wf.full_name, step.correlation_id,
-                                       step.parent_correlation_id, None))
-            t0 = time.perf_counter()
-            finalized = records.finalize(conn, step.task_uuid)
-            finalize_seconds = time.perf_counter() - t0
-    # Committed: publish what the commit made ready. A publish that fails here
-    # leaves the step dispatched for the recovery poller.
-    for step_id, workflow, cid, parent, countdown in to_publish:
-        try:
-            _publish(step_id, workflow, cid, parent, countdown=countdown)
-        except Exception:  # noqa: BLE001 - the poller will re-dispatch it
-            logger.exception("workflow.publish_failed", extra={"step_uuid": step_id})
-    _record_outcome(wf.full_name, step.task_uuid, task_started, finalized, finalize_seconds)
+            recorder.child(recorder.metrics.step_executions, workflow, path).inc()
+
+    t0 = time.perf_counter()
+    outcome, claim, finalized = attempt.run(step_uuid, path, _publish, retry_delay,
+                                            on_execution)
+    if outcome in ("busy", "unknown", "stale", "raced"):
+        logger.info("workflow.step_duplicate", extra={"step_uuid": step_uuid,
+                                                      "outcome": outcome})
+        return outcome
+    assert claim is not None
+    _record_outcome(claim.workflow, claim.task_uuid, claim.task_started, finalized,
+                    time.perf_counter() - t0)
     return outcome
 
 
@@ -215,18 +210,58 @@ def _record_outcome(workflow: str, task_uuid: str, started: bool,
                                         "state": state, "duration_seconds": round(duration, 4)})
 
 
+def provably_lost(candidates: list[records.Candidate], held: set[int],
+                  waiting: dict[str, int] | None, deadline: float
+                  ) -> list[records.Candidate]:
+    """The candidates whose message is provably not in flight (pure: unit-testable).
+
+    Args:
+        held: lease keys held now (a running step whose lease is held is alive).
+        waiting: messages waiting in the step queue by step uuid; None when the
+            queue cannot be read, then the n-th re-dispatch of a step waits
+            ``deadline * 2**n`` instead.
+    """
+    out = []
+    for c in candidates:
+        if c.state == "running" and records.lease_key(c.uuid) in held:
+            continue  # alive: its attempt holds the lease
+        if waiting is not None:
+            if waiting.get(c.uuid, 0):
+                continue  # its message waits in the queue: not lost, just late
+        else:
+            doublings = min(max(c.dispatches - 1, 0), FALLBACK_MAX_DOUBLINGS)
+            if c.age_seconds < deadline * 2 ** doublings:
+                continue
+        out.append(c)
+    return out
+
+
 @shared_task(name="tasker.recover_steps", ignore_result=True)
 def recover_steps() -> int:
-    """Beat task: re-publish steps whose message was lost (delivered by polling)."""
+    """Beat task: re-publish steps whose message is provably lost (delivered by polling)."""
     settings = get_settings()
     try:
         with db.connection() as conn:
-            overdue = records.claim_overdue(conn, settings.recovery_deadline)
+            candidates = records.overdue_candidates(conn, settings.recovery_deadline)
+            chosen: list[records.Candidate] = []
+            if candidates:
+                held = records.held_leases(conn)
+                try:
+                    waiting = inflight.waiting_steps(settings.step_queue)
+                except Exception as exc:  # noqa: BLE001 - broker down: nothing can be published
+                    logger.warning("workflow.recovery_failed", extra={
+                        "reason": f"step queue unreadable: {type(exc).__name__}: {exc}"})
+                    return 0
+                chosen = records.mark_redispatched(conn, provably_lost(
+                    candidates, held, waiting, settings.recovery_deadline))
     except db.DatabaseError as exc:
         logger.warning("workflow.recovery_failed", extra={"reason": str(exc)})
         return 0
-    for step_uuid, workflow, cid, parent in overdue:
-        _publish(step_uuid, workflow, cid, parent, path="poll")
-    if overdue:
-        logger.warning("workflow.steps_recovered", extra={"count": len(overdue)})
-    return len(overdue)
+    for c in chosen:
+        try:
+            _publish(c.uuid, c.workflow, c.correlation_id, c.parent_correlation_id, path="poll")
+        except Exception:  # noqa: BLE001 - found again next time (no message waits)
+            logger.exception("workflow.publish_failed", extra={"step_uuid": c.uuid})
+    if chosen:
+        logger.warning("workflow.steps_recovered", extra={"count": len(chosen)})
+    return len(chosen)

@@ -3,19 +3,28 @@
 Every function takes the connection of the caller's transaction. Concurrency
 rules, in one place:
 
-* a step runs while its transaction holds the step row's lock (``FOR UPDATE``);
-  a duplicate delivery waits for it, then finds the step complete and skips;
-* completing a step takes the task row's lock before looking for dependents
-  to dispatch, so two siblings finishing at once are serialized: the second
-  sees the first's completion and the join is dispatched exactly once;
-* the recovery poller skips locked (running) steps (``SKIP LOCKED``).
+* an attempt is *claimed* in its own short transaction before the handler runs
+  (``running``, ``attempts + 1``), so an attempt that dies is still counted;
+  the claim is guarded by the row's ``updated_at`` (optimistic: a concurrent
+  claim or re-dispatch makes it match nothing);
+* the attempt's *lease* is a session-level advisory lock on the step
+  (:func:`lease_key`), taken before the claim and held until the attempt's
+  outcome is committed. PostgreSQL drops it the moment the session ends
+  (process killed, connection broken), so "running and no lease held" means
+  the attempt is dead, with no clock involved;
+* every transaction that changes several step rows of a task, or changes a
+  step and then the task, locks the task row first (:func:`lock_task`); the
+  recovery poller never waits (``SKIP LOCKED``). So no two transactions wait
+  for each other in opposite orders;
+* finalizing a task closes every open step: ``cancelled`` when it failed.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -24,39 +33,68 @@ from psycopg.types.json import Jsonb
 
 from tasker.workflows.definition import Workflow
 
-__all__ = ["StepRow", "insert_request", "lock_step", "dependency_results", "start_task",
-           "complete_step", "lock_task", "dispatch_ready", "record_failed_attempt", "finalize",
-           "claim_overdue", "counts_by_state", "find_tasks", "steps_of"]
+__all__ = ["Claim", "Candidate", "insert_request", "find_by_key", "lease_key",
+           "held_leases", "claim_step", "dependency_results", "complete_step", "lock_task",
+           "dispatch_ready", "record_failed_attempt", "finalize", "overdue_candidates",
+           "mark_redispatched", "counts_by_state", "find_tasks", "steps_of",
+           "OPEN_TASK_STATES", "OPEN_STEP_STATES", "TERMINAL_STEP_STATES"]
+
+#: States of work not finished yet: what the ``records`` sampler source reports.
+OPEN_TASK_STATES = ("pending", "in_progress")
+OPEN_STEP_STATES = ("waiting", "dispatched", "running", "waiting_retry")
+#: A step in one of these never runs again.
+TERMINAL_STEP_STATES = ("complete", "error", "cancelled")
+#: States a delivered message may claim ('running': the previous attempt is
+#: dead, which the caller proved by taking the lease).
+_CLAIMABLE = ("dispatched", "waiting_retry", "running")
 
 
 @dataclass(frozen=True)
-class StepRow:
-    uuid: str
-    task_uuid: str
-    name: str
-    state: str
-    attempts: int
-    max_attempts: int
-    workflow: str
-    correlation_id: str
-    parent_correlation_id: str | None
-    task_state: str
-    context: dict[str, Any]
+class Claim:
+    """What :func:`claim_step` found or did.
+
+    ``outcome``: ``claimed`` (run the handler as attempt ``attempt``),
+    ``unknown`` (no such step), ``stale`` (terminal, or its task is
+    finalized: a late duplicate), ``raced`` (claimed or re-dispatched by
+    another process meanwhile), ``exhausted`` (its last attempt was lost: now
+    ``error`` and the task finalized, see ``finalized``).
+    """
+
+    outcome: str
+    uuid: str = ""
+    task_uuid: str = ""
+    name: str = ""
+    state: str = ""
+    attempt: int = 0
+    max_attempts: int = 0
+    workflow: str = ""
+    correlation_id: str = ""
+    parent_correlation_id: str | None = None
+    context: dict[str, Any] | None = None
+    depends_on: tuple[str, ...] = ()
+    task_started: bool = False
+    finalized: tuple[str, float] | None = None
 
 
 def insert_request(conn: psycopg.Connection, wf: Workflow, context: dict[str, Any],
-                   correlation_id: str, parent_correlation_id: str | None
-                   ) -> tuple[str, list[tuple[str, str]]]:
+                   correlation_id: str, parent_correlation_id: str | None,
+                   key: str | None = None) -> tuple[str, list[tuple[str, str]]] | None:
     """Record a task and all its steps; roots are recorded as dispatched.
 
-    Returns the task uuid and the (uuid, name) of the root steps to publish.
+    Returns the task uuid and the (uuid, name) of the root steps to publish, or
+    None when a request with idempotency ``key`` already exists (nothing written).
     """
     task_uuid = str(uuid.uuid4())
-    conn.execute(
+    row = conn.execute(
         "INSERT INTO tasker_tasks (uuid, namespace, name, version, state, context,"
-        " correlation_id, parent_correlation_id) VALUES (%s, %s, %s, %s, 'pending', %s, %s, %s)",
+        " correlation_id, parent_correlation_id, idempotency_key)"
+        " VALUES (%s, %s, %s, %s, 'pending', %s, %s, %s, %s)"
+        " ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+        " RETURNING uuid",
         [task_uuid, wf.namespace, wf.name, wf.version, Jsonb(context), correlation_id,
-         parent_correlation_id])
+         parent_correlation_id, key]).fetchone()
+    if row is None:
+        return None
     roots: list[tuple[str, str]] = []
     rows = []
     for step in wf.steps:
@@ -65,28 +103,111 @@ def insert_request(conn: psycopg.Connection, wf: Workflow, context: dict[str, An
         rows.append((step_uuid, task_uuid, step.name, step.name, list(step.after),
                      "dispatched" if is_root else "waiting", step.max_attempts,
                      "event" if is_root else None, correlation_id, parent_correlation_id,
-                     is_root))
+                     is_root, int(is_root)))
         if is_root:
             roots.append((step_uuid, step.name))
     with conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO tasker_steps (uuid, task_uuid, name, handler, depends_on, state,"
-            " max_attempts, delivery, correlation_id, parent_correlation_id, dispatched_at)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
-            " CASE WHEN %s THEN now() END)", rows)
+            " max_attempts, delivery, correlation_id, parent_correlation_id, dispatched_at,"
+            " dispatches) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+            " CASE WHEN %s THEN now() END, %s)", rows)
     return task_uuid, roots
 
 
-def lock_step(conn: psycopg.Connection, step_uuid: str) -> StepRow | None:
-    """The step with its task, its row locked for this transaction."""
+def find_by_key(conn: psycopg.Connection, key: str) -> dict[str, Any] | None:
+    """The request recorded with idempotency ``key``, if any."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            "SELECT uuid::text, namespace || '.' || name AS workflow, context,"
+            " correlation_id::text, parent_correlation_id::text, state"
+            " FROM tasker_tasks WHERE idempotency_key = %s", [key]).fetchone()
+
+
+# -------------------------------------------------------------- leases
+
+
+def lease_key(step_uuid: str) -> int:
+    """The advisory lock key of a step: its uuid's first 64 bits, signed (bigint)."""
+    return int.from_bytes(uuid.UUID(step_uuid).bytes[:8], "big", signed=True)
+
+
+def held_leases(conn: psycopg.Connection) -> set[int]:
+    """Lease keys held by any session of this database now (from ``pg_locks``).
+
+    A bigint advisory key shows as classid (high 32 bits) and objid (low 32
+    bits) with objsubid 1. Reading the view takes no lock, so the poller never
+    makes a worker's lease attempt fail.
+    """
+    rows = conn.execute(
+        "SELECT classid::bigint, objid::bigint FROM pg_locks WHERE locktype = 'advisory'"
+        " AND objsubid = 1 AND granted"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    ).fetchall()
+    out = set()
+    for hi, lo in rows:
+        unsigned = (hi << 32) | lo
+        out.add(unsigned - (1 << 64) if unsigned >= 1 << 63 else unsigned)
+    return out
+
+
+# -------------------------------------------------------------- one attempt
+
+
+def claim_step(conn: psycopg.Connection, step_uuid: str) -> Claim:
+    """Count and start an attempt of the step (call holding its lease; commit at once).
+
+    A step found ``running`` lost its previous attempt (the caller holds the
+    lease, so nobody runs it): that attempt was counted when it was claimed.
+    One whose attempts are used up becomes ``error`` and fails its task.
+    """
     with conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(
             "SELECT s.uuid::text, s.task_uuid::text, s.name, s.state, s.attempts,"
-            " s.max_attempts, t.namespace || '.' || t.name AS workflow,"
+            " s.max_attempts, s.updated_at, t.namespace || '.' || t.name AS workflow,"
             " s.correlation_id::text, s.parent_correlation_id::text, t.state AS task_state,"
-            " t.context FROM tasker_steps s JOIN tasker_tasks t ON t.uuid = s.task_uuid"
-            " WHERE s.uuid = %s FOR UPDATE OF s", [step_uuid]).fetchone()
-    return StepRow(**row) if row else None
+            " t.context, s.depends_on FROM tasker_steps s"
+            " JOIN tasker_tasks t ON t.uuid = s.task_uuid WHERE s.uuid = %s",
+            [step_uuid]).fetchone()
+    if row is None:
+        return Claim("unknown", uuid=step_uuid)
+    common = {"uuid": row["uuid"], "task_uuid": row["task_uuid"], "name": row["name"],
+              "state": row["state"], "max_attempts": row["max_attempts"],
+              "workflow": row["workflow"], "correlation_id": row["correlation_id"],
+              "parent_correlation_id": row["parent_correlation_id"]}
+    if row["state"] not in _CLAIMABLE or row["task_state"] not in OPEN_TASK_STATES:
+        return Claim("stale", attempt=row["attempts"], **common)
+    version: datetime = row["updated_at"]
+    if row["attempts"] >= row["max_attempts"]:
+        # Its last attempt was claimed and never finished: lost for good.
+        error = (f"lost: attempt {row['attempts']}/{row['max_attempts']} ended without an"
+                 " outcome (its process was killed or its database session ended)")
+        lock_task(conn, row["task_uuid"])
+        changed = conn.execute(
+            "UPDATE tasker_steps SET state = 'error', error = %s, completed_at = clock_timestamp(),"
+            " updated_at = clock_timestamp() WHERE uuid = %s AND updated_at = %s",
+            [error, step_uuid, version]).rowcount
+        if not changed:
+            return Claim("raced", attempt=row["attempts"], **common)
+        finalized = finalize(conn, row["task_uuid"], error=f"step {row['name']}: {error}")
+        return Claim("exhausted", attempt=row["attempts"], finalized=finalized, **common)
+    # The task row first (only while pending: a plain UPDATE that matches
+    # nothing takes no lock), then the step row: the order every writer uses.
+    started = conn.execute(
+        "UPDATE tasker_tasks SET state = 'in_progress', updated_at = now()"
+        " WHERE uuid = %s AND state = 'pending'", [row["task_uuid"]]).rowcount == 1
+    lost = (f"lost: attempt {row['attempts']}/{row['max_attempts']} ended without an outcome"
+            if row["state"] == "running" else None)
+    claimed = conn.execute(
+        "UPDATE tasker_steps SET state = 'running', attempts = attempts + 1,"
+        " claimed_at = clock_timestamp(), started_at = COALESCE(started_at, clock_timestamp()),"
+        " updated_at = clock_timestamp(), error = COALESCE(%s, error)"
+        " WHERE uuid = %s AND updated_at = %s RETURNING attempts",
+        [lost, step_uuid, version]).fetchone()
+    if claimed is None:
+        return Claim("raced", attempt=row["attempts"], **common)
+    return Claim("claimed", attempt=claimed[0], context=row["context"],
+                 depends_on=tuple(row["depends_on"]), task_started=started, **common)
 
 
 def dependency_results(conn: psycopg.Connection, task_uuid: str,
@@ -99,22 +220,21 @@ def dependency_results(conn: psycopg.Connection, task_uuid: str,
     return {name: results for name, results in rows}
 
 
-def start_task(conn: psycopg.Connection, task_uuid: str) -> bool:
-    """pending -> in_progress; True the first time only."""
-    return conn.execute("UPDATE tasker_tasks SET state = 'in_progress', updated_at = now()"
-                        " WHERE uuid = %s AND state = 'pending'", [task_uuid]).rowcount == 1
+def complete_step(conn: psycopg.Connection, claim: Claim, encoded_result: str) -> bool:
+    """Store the attempt's result (already JSON); False when the step is no longer ours.
 
-
-def complete_step(conn: psycopg.Connection, step: StepRow, result: Any) -> None:
-    conn.execute(
-        "UPDATE tasker_steps SET state = 'complete', results = %s, attempts = attempts + 1,"
-        " started_at = COALESCE(started_at, now()), completed_at = clock_timestamp(),"
-        " updated_at = clock_timestamp(), error = NULL WHERE uuid = %s",
-        [Jsonb(result), step.uuid])
+    Call with the task row locked. ``encoded_result`` went through
+    ``json.dumps(allow_nan=False)`` and the NUL check (see ``attempt.encode_result``).
+    """
+    return conn.execute(
+        "UPDATE tasker_steps SET state = 'complete', results = %s::jsonb,"
+        " completed_at = clock_timestamp(), updated_at = clock_timestamp(), error = NULL"
+        " WHERE uuid = %s AND state = 'running' AND attempts = %s",
+        [encoded_result, claim.uuid, claim.attempt]).rowcount == 1
 
 
 def lock_task(conn: psycopg.Connection, task_uuid: str) -> str:
-    """Serialize completions of one task's steps; returns the task's state."""
+    """Serialize writes to one task's steps; returns the task's state."""
     return conn.execute("SELECT state FROM tasker_tasks WHERE uuid = %s FOR UPDATE",
                         [task_uuid]).fetchone()[0]
 
@@ -126,35 +246,42 @@ def dispatch_ready(conn: psycopg.Connection, task_uuid: str) -> list[tuple[str, 
     """
     return conn.execute(
         "UPDATE tasker_steps s SET state = 'dispatched', dispatched_at = clock_timestamp(),"
-        " delivery = 'event', updated_at = clock_timestamp()"
+        " delivery = 'event', updated_at = clock_timestamp(), dispatches = s.dispatches + 1"
         " WHERE s.task_uuid = %s AND s.state = 'waiting' AND NOT EXISTS ("
         "   SELECT 1 FROM tasker_steps d WHERE d.task_uuid = s.task_uuid"
         "   AND d.name = ANY(s.depends_on) AND d.state <> 'complete')"
         " RETURNING s.uuid::text, s.name", [task_uuid]).fetchall()
 
 
-def record_failed_attempt(conn: psycopg.Connection, step: StepRow, error: str,
-                          retry_in: float | None) -> str:
-    """Count a failed attempt: ``waiting_retry`` (due in ``retry_in`` s) or ``error``."""
+def record_failed_attempt(conn: psycopg.Connection, claim: Claim, error: str,
+                          retry_in: float | None) -> str | None:
+    """A failed attempt: ``waiting_retry`` (due in ``retry_in`` s) or ``error``.
+
+    Call with the task row locked. Returns the new state, or None when the
+    step is no longer this attempt's (its task was finalized meanwhile).
+    """
     state = "waiting_retry" if retry_in is not None else "error"
-    conn.execute(
-        "UPDATE tasker_steps SET state = %s, attempts = attempts + 1, error = %s,"
-        " started_at = COALESCE(started_at, now()), updated_at = now(),"
+    changed = conn.execute(
+        "UPDATE tasker_steps SET state = %s, error = %s, updated_at = clock_timestamp(),"
         " next_attempt_at = CASE WHEN %s::float8 IS NULL THEN NULL"
         "   ELSE now() + make_interval(secs => %s::float8) END,"
         " dispatched_at = CASE WHEN %s::float8 IS NULL THEN dispatched_at"
         "   ELSE now() + make_interval(secs => %s::float8) END,"
-        " completed_at = CASE WHEN %s::float8 IS NULL THEN now() END"
-        " WHERE uuid = %s",
-        [state, error[:4000], retry_in, retry_in, retry_in, retry_in, retry_in, step.uuid])
-    return state
+        " dispatches = dispatches + (%s::float8 IS NOT NULL)::int,"
+        " completed_at = CASE WHEN %s::float8 IS NULL THEN clock_timestamp() END"
+        " WHERE uuid = %s AND state = 'running' AND attempts = %s",
+        [state, error[:4000], retry_in, retry_in, retry_in, retry_in, retry_in, retry_in,
+         claim.uuid, claim.attempt]).rowcount
+    return state if changed else None
 
 
 def finalize(conn: psycopg.Connection, task_uuid: str, error: str | None = None
              ) -> tuple[str, float] | None:
-    """Finish the task if it failed or every step is complete.
+    """Finish the task if it failed or every step is complete (task row locked).
 
-    Returns (final state, duration in seconds) when this call finalized it.
+    A failed task's open steps become ``cancelled`` in the same transaction,
+    so a finalized task never leaves work in the backlog. Returns (final
+    state, duration in seconds) when this call finalized it.
     """
     if error is None:
         remaining = conn.execute("SELECT count(*) FROM tasker_steps WHERE task_uuid = %s"
@@ -176,36 +303,88 @@ def finalize(conn: psycopg.Connection, task_uuid: str, error: str | None = None
             " duration_ms = 1000 * extract(epoch FROM clock_timestamp() - created_at)"
             " WHERE uuid = %s AND state IN ('pending', 'in_progress')"
             " RETURNING state, duration_ms", [error[:4000], task_uuid]).fetchone()
+        if row is not None:
+            conn.execute(
+                "UPDATE tasker_steps SET state = 'cancelled', completed_at = clock_timestamp(),"
+                " updated_at = clock_timestamp(), error = %s WHERE task_uuid = %s"
+                " AND state IN ('waiting', 'dispatched', 'running', 'waiting_retry')",
+                [f"cancelled: the task failed ({error[:200]})", task_uuid])
     return (row[0], row[1] / 1000.0) if row else None
 
 
-def claim_overdue(conn: psycopg.Connection, deadline_seconds: float, limit: int = 1000
-                  ) -> list[tuple[str, str, str, str | None]]:
-    """Steps dispatched (or due for retry) but not started within the deadline.
+# -------------------------------------------------------------- recovery
 
-    Marks them re-dispatched by polling; running steps are locked and skipped.
-    Returns (step uuid, workflow, correlation id, parent correlation id).
+
+@dataclass(frozen=True)
+class Candidate:
+    """A step the recovery poller may have to re-dispatch."""
+
+    uuid: str
+    workflow: str
+    correlation_id: str
+    parent_correlation_id: str | None
+    state: str
+    attempts: int
+    dispatches: int
+    age_seconds: float
+    updated_at: datetime
+
+
+def overdue_candidates(conn: psycopg.Connection, deadline_seconds: float, limit: int = 1000
+                       ) -> list[Candidate]:
+    """Steps whose message may be lost, oldest first (the caller decides which are).
+
+    Dispatched (or due for retry) and not claimed within the deadline, or
+    claimed more than the deadline ago and still ``running`` (dead only if no
+    session holds its lease: :func:`held_leases`). Tasks already finalized
+    have no open steps, but are excluded all the same.
     """
-    # The task's state is checked inside the CTE, so the update touches only
-    # the claimed rows (by primary key) and never joins the whole steps table.
-    return conn.execute(
-        "WITH overdue AS ("
-        "  SELECT s.uuid, t.namespace || '.' || t.name AS workflow FROM tasker_steps s"
-        "  JOIN tasker_tasks t ON t.uuid = s.task_uuid"
-        "  WHERE s.state IN ('dispatched', 'waiting_retry')"
-        "  AND s.dispatched_at < now() - make_interval(secs => %s::float8)"
-        "  AND t.state IN ('pending', 'in_progress')"
-        "  ORDER BY s.dispatched_at LIMIT %s FOR UPDATE OF s SKIP LOCKED)"
-        " UPDATE tasker_steps s SET state = 'dispatched', dispatched_at = clock_timestamp(),"
-        " delivery = 'poll', updated_at = clock_timestamp()"
-        " FROM overdue WHERE s.uuid = overdue.uuid"
-        " RETURNING s.uuid::text, overdue.workflow, s.correlation_id::text,"
-        " s.parent_correlation_id::text", [deadline_seconds, limit]).fetchall()
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            "WITH c AS ("
+            "  (SELECT uuid, dispatched_at AS since FROM tasker_steps"
+            "   WHERE state IN ('dispatched', 'waiting_retry')"
+            "   AND dispatched_at < now() - make_interval(secs => %s::float8)"
+            "   ORDER BY dispatched_at LIMIT %s)"
+            "  UNION ALL"
+            "  (SELECT uuid, claimed_at FROM tasker_steps WHERE state = 'running'"
+            "   AND claimed_at < now() - make_interval(secs => %s::float8)"
+            "   ORDER BY claimed_at LIMIT %s))"
+            " SELECT s.uuid::text, t.namespace || '.' || t.name AS workflow,"
+            " s.correlation_id::text, s.parent_correlation_id::text, s.state, s.attempts,"
+            " s.dispatches, extract(epoch FROM now() - c.since)::float8 AS age_seconds,"
+            " s.updated_at FROM c JOIN tasker_steps s ON s.uuid = c.uuid"
+            " JOIN tasker_tasks t ON t.uuid = s.task_uuid"
+            " WHERE t.state IN ('pending', 'in_progress') ORDER BY c.since",
+            [deadline_seconds, limit, deadline_seconds, limit]).fetchall()
+    return [Candidate(**r) for r in rows]
 
 
-#: States of work not finished yet: what the ``records`` sampler source reports.
-OPEN_TASK_STATES = ("pending", "in_progress")
-OPEN_STEP_STATES = ("waiting", "dispatched", "running", "waiting_retry")
+def mark_redispatched(conn: psycopg.Connection, chosen: Sequence[Candidate]
+                      ) -> list[Candidate]:
+    """Record that a new message is published for each chosen step (``delivery = poll``).
+
+    A step changed since it was read (claimed, completed, re-dispatched by
+    another poller) or locked right now is left alone: ``SKIP LOCKED`` plus
+    the ``updated_at`` check. Returns the steps to publish.
+    """
+    if not chosen:
+        return []
+    rows = conn.execute(
+        "WITH c AS (SELECT s.uuid FROM tasker_steps s"
+        "  JOIN unnest(%s::uuid[], %s::timestamptz[]) AS v(uuid, version)"
+        "    ON v.uuid = s.uuid AND s.updated_at = v.version"
+        "  WHERE s.state IN ('dispatched', 'waiting_retry', 'running')"
+        "  FOR UPDATE OF s SKIP LOCKED)"
+        " UPDATE tasker_steps s SET dispatched_at = clock_timestamp(), delivery = 'poll',"
+        " dispatches = s.dispatches + 1, updated_at = clock_timestamp(),"
+        " error = CASE WHEN s.state = 'running' THEN 'lost: attempt ' || s.attempts || '/'"
+        "   || s.max_attempts || ' ended without an outcome' ELSE s.error END,"
+        " state = 'dispatched'"
+        " FROM c WHERE s.uuid = c.uuid RETURNING s.uuid::text",
+        [[c.uuid for c in chosen], [c.updated_at for c in chosen]]).fetchall()
+    done = {r[0] for r in rows}
+    return [c for c in chosen if c.uuid in done]
 
 
 def counts_by_state(conn: psycopg.Connection) -> dict[str, dict[str, int]]:
@@ -243,7 +422,8 @@ def find_tasks(conn: psycopg.Connection, ident: str) -> list[dict[str, Any]]:
 def steps_of(conn: psycopg.Connection, task_uuid: str) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(
-            "SELECT name, state, attempts, max_attempts, delivery, depends_on, results, error,"
-            " dispatched_at, started_at, completed_at FROM tasker_steps WHERE task_uuid = %s"
+            "SELECT name, state, attempts, max_attempts, dispatches, delivery, depends_on,"
+            " results, error, dispatched_at, started_at, completed_at FROM tasker_steps"
+            " WHERE task_uuid = %s"
             " ORDER BY COALESCE(started_at, 'infinity'), name", [task_uuid]).fetchall()
 

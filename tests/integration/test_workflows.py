@@ -171,7 +171,7 @@ def test_failing_step_retries_with_backoff_then_fails_the_task(start_node, step_
         err = conn.execute("SELECT error, duration_ms FROM tasker_tasks WHERE uuid = %s",
                            [failed]).fetchone()
     assert (state, attempts) == ("error", 3) and "fails on purpose" in error
-    assert after == "waiting"  # never dispatched
+    assert after == "cancelled"  # never dispatched, closed with its task
     assert "step flaky" in err[0] and err[1] > 0
 
 
