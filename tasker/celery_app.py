@@ -10,7 +10,8 @@ finds them in every process that imports ``tasker``.
 from celery import Celery
 from celery.signals import setup_logging
 
-app = Celery("tasker", task_cls="tasker.task:TaskerTask")
+# tasker's loader prints one line for a handler module that does not import.
+app = Celery("tasker", task_cls="tasker.task:TaskerTask", loader="tasker.loader:TaskerLoader")
 app.config_from_object("tasker.celeryconfig")
 
 # Imported for their side effect of connecting Celery signal receivers.

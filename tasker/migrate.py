@@ -20,7 +20,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tasker.redact import redact_text
 
-__all__ = ["migrate", "Migration", "MigrationError", "available_migrations"]
+__all__ = ["migrate", "Migration", "MigrationError", "DatabaseUnreachable",
+           "available_migrations"]
 
 #: Arbitrary constant naming tasker's advisory lock.
 _LOCK_KEY = 0x7A5C_E001
@@ -29,6 +30,10 @@ _FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 class MigrationError(RuntimeError):
     """A migration could not be applied; the message never contains a password."""
+
+
+class DatabaseUnreachable(MigrationError):
+    """The server could not be reached at all (its own exit code in the CLI)."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,8 @@ def ensure_database(database_url: str) -> bool:
         return False
     except psycopg.OperationalError as exc:
         if "does not exist" not in str(exc):
-            raise MigrationError(redact_text(f"cannot connect to the database: {exc}")) from None
+            raise DatabaseUnreachable(
+                redact_text(f"cannot connect to the database: {exc}")) from None
     admin = make_conninfo(database_url, dbname="postgres")
     try:
         with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:

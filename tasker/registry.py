@@ -5,12 +5,16 @@ into the Celery task ``<namespace>.<name>`` and remembers its namespace.
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import os
 import pkgutil
+import traceback
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
-__all__ = ["handler", "registry", "HandlerRegistry", "discover_handler_modules", "HANDLER_PACKAGE"]
+__all__ = ["handler", "registry", "HandlerRegistry", "discover_handler_modules", "HANDLER_PACKAGE",
+           "describe_import_failure"]
 
 #: The package whose modules hold business handlers, one namespace per module.
 HANDLER_PACKAGE = "workers"
@@ -91,3 +95,52 @@ def discover_handler_modules(package: str = HANDLER_PACKAGE) -> list[str]:
         for info in pkgutil.iter_modules(pkg.__path__)
         if not info.name.startswith("_")
     )
+
+
+def _handler_dirs(package: str) -> list[str]:
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return []
+    locations = (spec.submodule_search_locations or []) if spec else []
+    return [os.path.realpath(p) for p in locations]
+
+
+def describe_import_failure(exc: BaseException, package: str = HANDLER_PACKAGE) -> str | None:
+    """One line naming the handler module, line and error when ``exc`` comes from
+    importing a module of ``package``; ``None`` for any other exception.
+
+    Why from the exception and not at the import: handler modules are imported
+    by Celery's loader (worker, beat) and by the workflow registry (commands),
+    and each of them must print the same one line instead of a traceback.
+    """
+    dirs = _handler_dirs(package)
+    if not dirs:
+        return None
+
+    def where(filename: str | None) -> str | None:
+        if not filename:
+            return None
+        path = os.path.realpath(filename)
+        for d in dirs:
+            if path.startswith(d + os.sep):
+                return os.path.join(package, os.path.relpath(path, d))
+        return None
+
+    if isinstance(exc, SyntaxError):  # includes IndentationError
+        module = where(exc.filename)
+        if module is not None:
+            return (f"handler module {module} line {exc.lineno}: "
+                    f"{type(exc).__name__}: {exc.msg}")
+    # An error raised while the module ran at import (not later, in a handler
+    # called by the command): its deepest frame inside the package.
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not any(f.filename.startswith("<frozen importlib") for f in frames):
+        return None
+    for frame in reversed(frames):
+        module = where(frame.filename)
+        if module is not None:
+            message = " ".join(str(exc).split())
+            return (f"handler module {module} line {frame.lineno}: "
+                    f"{type(exc).__name__}: {message}")
+    return None

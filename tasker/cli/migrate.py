@@ -15,14 +15,16 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tasker.migrate import MigrationError, migrate
+    from tasker.errors import EXIT_DATABASE, EXIT_FAILED, one_line
+    from tasker.migrate import DatabaseUnreachable, MigrationError, migrate
 
     settings = get_settings()
     try:
         applied = migrate(settings.database_url)
     except MigrationError as exc:
-        print(f"tasker migrate: {exc}", file=sys.stderr)
-        return 1
+        # libpq's messages span lines: one line, and its own code when unreachable.
+        print(f"tasker migrate: {one_line(str(exc))}", file=sys.stderr)
+        return EXIT_DATABASE if isinstance(exc, DatabaseUnreachable) else EXIT_FAILED
     target = settings.database_url_redacted
     if applied:
         for m in applied:

@@ -57,8 +57,11 @@ def test_migrate_twice_on_a_fresh_database():
 
 
 def test_migrate_with_unreachable_database_is_one_clear_redacted_error():
+    from tasker.errors import EXIT_DATABASE
+
     result = _tasker("migrate", env={"TASKER_DATABASE_URL": "postgresql://u:pw-secret@127.0.0.1:1/x"})
-    assert result.returncode == 1
+    assert result.returncode == EXIT_DATABASE
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "pw-secret" not in result.stderr + result.stdout
     assert "cannot connect" in result.stderr
 
