@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
 import psycopg
 
 SHAPES = ("linear.sequence", "diamond.fan_out_in", "tree.fan_out_twice", "mixed.converging")
@@ -175,3 +178,27 @@ def open_work_mismatch(url: str) -> list[tuple]:
             " JOIN tasker_tasks t ON t.uuid = s.task_uuid"
             " WHERE t.state IN ('complete', 'error')"
             " AND s.state IN ('waiting', 'dispatched', 'running', 'waiting_retry')").fetchall()
+
+
+class Poller:
+    """Sends ``tasker.recover_steps`` to ``queue`` every second, as beat does."""
+
+    def __init__(self, app: Any, queue: str, interval: float = 1.0) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(app, queue, interval),
+                                        daemon=True)
+
+    def _run(self, app: Any, queue: str, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                app.send_task("tasker.recover_steps", queue=queue, expires=interval * 3)
+            except Exception:  # noqa: BLE001 - a broker restart: next second
+                pass
+
+    def __enter__(self) -> Poller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)

@@ -13,7 +13,6 @@ import math
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import pytest
 from support import REPO, wait_for
 from workflow_support import (
     POISON_ARGS,
+    Poller,
     open_work_mismatch,
     poison_env,
     runs,
@@ -39,30 +39,6 @@ def step_queue(queue_name: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str
     yield queue_name
     monkeypatch.delenv("TASKER_STEP_QUEUE")
     reset_settings()
-
-
-class Poller:
-    """Sends ``tasker.recover_steps`` to ``queue`` every second, as beat does."""
-
-    def __init__(self, app: Any, queue: str, interval: float = 1.0) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(app, queue, interval),
-                                        daemon=True)
-
-    def _run(self, app: Any, queue: str, interval: float) -> None:
-        while not self._stop.wait(interval):
-            try:
-                app.send_task("tasker.recover_steps", queue=queue, expires=interval * 3)
-            except Exception:  # noqa: BLE001 - a broker restart: next second
-                pass
-
-    def __enter__(self) -> Poller:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
 
 
 def _finished(url: str, uuids: list[str]) -> bool:
