@@ -39,6 +39,30 @@ def sleep(seconds: float = 0.1) -> float:
     return seconds
 
 
+_stamp_clients: dict[int, object] = {}
+
+
+@handler
+def stamp(key: str) -> float:
+    """Append this run's finishing time (Unix seconds) to the Redis list ``key``.
+
+    Ground truth for the processing rate: the tests and benchmarks count the
+    stamps that fall in a window. Uses the broker's Redis (a Redis broker only).
+    """
+    import os
+
+    import redis
+
+    from tasker.settings import get_settings
+
+    client = _stamp_clients.get(os.getpid())  # one client per pool process, never inherited
+    if client is None:
+        client = _stamp_clients[os.getpid()] = redis.Redis.from_url(get_settings().broker_url)
+    now = time.time()
+    client.rpush(key, repr(now))  # type: ignore[attr-defined]
+    return now
+
+
 @handler
 def fail(message: str = "diagnostics.fail was asked to fail") -> None:
     """Raise :class:`DiagnosticFailure` with ``message``."""

@@ -25,13 +25,21 @@ __all__ = [
 class SlidingWindowRate:
     """Events per second over the last ``window`` seconds, in one-second buckets.
 
-    It rises under load and falls to 0 once no event happened for a whole
-    window: a rate, never a lifetime average.
+    The rate is always the events in ``(now - window, now]`` divided by
+    ``window``: what the metric's help text says, at every moment. It rises
+    under load and falls to 0 once no event happened for a whole window: a
+    rate, never a lifetime average. In the first window after ``started`` it
+    counts the events since then over the whole window (nothing happened
+    before), so it climbs to the load's rate as the first window fills.
+
+    The window's oldest edge falls inside a one-second bucket; that bucket is
+    counted in proportion to the part of its second inside the window (events
+    taken as spread evenly over their second), so the window is ``window``
+    seconds long wherever the clock stands, not ``window - 1`` and a bit.
 
     Args:
         window: seconds covered (rounded up to whole seconds).
-        started: when counting began; before a full window has passed the rate
-            is taken over the time since then.
+        started: when counting began; no rate before it.
         stamps: storage for each bucket's second (defaults to a new list).
         counts: storage for each bucket's count (defaults to a new list).
     """
@@ -40,6 +48,7 @@ class SlidingWindowRate:
                  stamps: MutableSequence[int] | None = None,
                  counts: MutableSequence[int] | None = None) -> None:
         self.window = max(1, math.ceil(window))
+        # The window's whole seconds, plus the one its oldest edge falls into.
         self.slots = self.window + 1
         self.started = started
         self.stamps = stamps if stamps is not None else [-1] * self.slots
@@ -58,18 +67,20 @@ class SlidingWindowRate:
 
     def rate(self, now: float) -> float:
         """Events per second over ``(now - window, now]``."""
-        second = int(now)
-        oldest = second - self.window + 1
-        events = sum(
-            self.counts[i] for i in range(self.slots) if oldest <= self.stamps[i] <= second
-        )
-        # Buckets cover whole seconds: the window spans the full older buckets
-        # plus the elapsed part of the current one.
-        covered = (self.window - 1) + (now - second)
-        covered = min(covered, now - self.started)
-        if covered <= 0:
+        if now <= self.started:
             return 0.0
-        return events / max(covered, 1.0)
+        second = int(now)
+        oldest = second - self.window + 1  # the oldest bucket wholly inside the window
+        edge = oldest - 1  # the bucket the window's edge, now - window, falls into
+        edge_share = 1.0 - (now - second)  # the part of the edge second inside the window
+        events = 0.0
+        for i in range(self.slots):
+            stamp = self.stamps[i]
+            if oldest <= stamp <= second:
+                events += self.counts[i]
+            elif stamp == edge:
+                events += self.counts[i] * edge_share
+        return events / self.window
 
 
 def ema_update(previous: float | None, sample: float, alpha: float) -> float:

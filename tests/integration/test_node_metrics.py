@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -35,6 +36,38 @@ def test_processing_rate_follows_load_and_falls_to_zero(start_node, app):
     assert 16 <= gauge <= 24, gauge
     time.sleep(window + 0.5)
     assert node.snapshot()["processing_rate"] < 1
+
+
+def test_processing_rate_is_the_true_rate_over_the_true_window(start_node, app, redis_client):
+    """A paced 20/s load: every reading, in the first window too, is within 2 % of the tasks
+    that really finished in the window before it (their own finishing times, from the tasks).
+    In the first window that is the tasks since the start over the whole window (the help
+    text: finished per second over the last TASKER_RATE_WINDOW seconds), not over uptime."""
+    window = 10
+    node = start_node(env={"TASKER_RATE_WINDOW": str(window)})
+    key = f"{node.queue}-stamps"
+    publisher = threading.Thread(target=_pace, args=(app, node.queue, 20, 2 * window + 3),
+                                 kwargs={"task": "diagnostics.stamp", "args": (key,)})
+    publisher.start()
+    readings: list[tuple[float, float, float]] = []
+    try:
+        time.sleep(3)
+        while publisher.is_alive() and len(readings) < 16:
+            before = time.time()
+            rate = total(node.scrape(), "tasker_worker_processing_rate")
+            readings.append((before, time.time(), rate))
+            time.sleep(0.9)
+    finally:
+        publisher.join()
+        stamps = sorted(float(s) for s in redis_client.lrange(key, 0, -1))
+        redis_client.delete(key)
+    assert len(readings) >= 10
+    for before, after, rate in readings:
+        # The node read its clock between before and after: the true count lies between
+        # the stamps surely inside the window and those that may be.
+        surely = sum(1 for s in stamps if after - window < s <= before)
+        maybe = sum(1 for s in stamps if before - window < s <= after)
+        assert surely / window * 0.98 <= rate <= maybe / window * 1.02, (rate, surely, maybe)
 
 
 def test_latency_ema_tracks_runtime(start_node, app):

@@ -47,7 +47,7 @@ def test_recorded_runtimes_read_back(state_path: str) -> None:
         # alpha 0.5: 0.1 -> 0.2 -> 0.2
         assert reading.latency_ema_seconds == pytest.approx(0.2)
         assert reading.last_run_time == T0 + 2.1
-        assert reading.processing_rate == pytest.approx(3 / 3.0)  # 3 s since the start
+        assert reading.processing_rate == pytest.approx(3 / 10)  # events in the window / window
         # The rate is a rate: it is 0 once a whole window has passed without tasks.
         assert state.read(T0 + 13.0).processing_rate == 0.0
         assert state.read(T0 + 13.0).runs == 3
@@ -64,7 +64,7 @@ def test_a_second_handle_sees_the_same_numbers(state_path: str) -> None:
         reading = reader.read(T0 + 4.0)
         assert reading.runs == 2
         assert reading.latency_ema_seconds == pytest.approx(0.7)  # alpha 1: the last value
-        assert reading.processing_rate == pytest.approx(2 / 4.0)
+        assert reading.processing_rate == pytest.approx(2 / 10)
     finally:
         writer.close()
         reader.close()
@@ -135,8 +135,8 @@ def test_forked_processes_record_into_one_file(state_path: str) -> None:
         assert reading.min_seconds == pytest.approx(0.001)
         assert reading.max_seconds == pytest.approx(9.0)
         assert reading.last_run_time is not None and reading.last_run_time >= T0 + 5.0
-        # 2N + 2 tasks in the 6 s since the node started (less than a window).
-        assert reading.processing_rate == pytest.approx((2 * N + 2) / 6.0)
+        # 2N + 2 tasks in the 10 s window (the node started 6 s ago).
+        assert reading.processing_rate == pytest.approx((2 * N + 2) / 10)
 
         # The parent's own handle still works after its children closed theirs.
         state.record_finished(0.01, now=T0 + 6.5)
@@ -180,7 +180,7 @@ def test_pool_processes_write_their_own_slots_without_losing_a_count(state_path:
         assert reading.average_seconds == pytest.approx(total / (3 * N + 1))
         assert reading.min_seconds == pytest.approx(0.001)
         assert reading.max_seconds == pytest.approx(9.0)
-        assert reading.processing_rate == pytest.approx((3 * N + 1) / 6.0)
+        assert reading.processing_rate == pytest.approx((3 * N + 1) / 10)
         assert reading.latency_ema_seconds is not None
         assert 0.001 <= reading.latency_ema_seconds <= 9.0
     finally:

@@ -46,13 +46,32 @@ def test_steady_load_reads_the_event_rate_at_every_moment_after_one_window() -> 
             assert rate.rate(now) == pytest.approx(20, rel=0.01), now
 
 
-def test_rate_is_taken_over_elapsed_time_before_a_full_window() -> None:
+def test_before_a_full_window_the_rate_is_the_events_since_start_over_the_window() -> None:
+    """What the help text says at every moment: events in the last window / window."""
     rate = SlidingWindowRate(60, started=T0)
     feed(rate, T0, 2, per_second=10)  # 20 events in the first two seconds
-    # 2 s after start: 20 events / 2 s, not 20 / 60 s.
-    assert rate.rate(T0 + 2.0) == pytest.approx(10.0)
-    # Idle for 2 more seconds: the same events over 4 s.
-    assert rate.rate(T0 + 4.0) == pytest.approx(5.0)
+    assert rate.rate(T0 + 2.0) == pytest.approx(20 / 60)
+    assert rate.rate(T0 + 4.0) == pytest.approx(20 / 60)
+
+
+def test_the_first_window_climbs_to_the_load_rate() -> None:
+    rate = SlidingWindowRate(60, started=T0)
+    for k in range(44 * 10):  # 10 events a second for 44 s (the issue's case)
+        rate.record(T0 + k / 10)
+    # 440 events in the last 60 s: 7.33/s, not 440 / 44 s = 10/s.
+    assert rate.rate(T0 + 44.0) == pytest.approx(440 / 60, rel=0.001)
+
+
+def test_the_window_is_the_whole_window_wherever_the_clock_stands() -> None:
+    """A steady 20/s load: exactly 20/s at any fraction of a second, not 20 x 60/59.x."""
+    for fraction in (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99):
+        rate = SlidingWindowRate(60, started=T0)
+        now = T0 + 100 + fraction
+        k = 0
+        while T0 + (k + 0.5) / 20 <= now:
+            rate.record(T0 + (k + 0.5) / 20)
+            k += 1
+        assert rate.rate(now) == pytest.approx(20.0, rel=0.002), fraction
 
 
 def test_rate_before_any_time_has_passed_is_zero() -> None:
@@ -67,9 +86,9 @@ def test_rate_falls_after_events_stop_and_is_zero_after_a_whole_window() -> None
     assert readings == sorted(readings, reverse=True)
     assert readings[0] > readings[-1] > 0
     assert rate.rate(last + 8.5) < 20 * 0.25
-    # A whole window after the last event's second: nothing is left in it.
-    assert rate.rate(int(last) + 10.0) == 0.0
-    assert rate.rate(last + 10.0) == 0.0
+    # A whole window after the last event's second ended: nothing is left in it.
+    assert rate.rate(int(last) + 11.0) == 0.0
+    assert rate.rate(last + 11.0) == 0.0
     assert rate.rate(last + 1000.0) == 0.0
 
 
@@ -77,17 +96,17 @@ def test_wrapped_bucket_is_reused_and_old_seconds_are_never_counted() -> None:
     rate = SlidingWindowRate(10, started=T0)
     assert rate.slots == 11
     rate.record(T0 + 0.5, n=100)
-    assert rate.rate(T0 + 1.0) == pytest.approx(100.0)
+    assert rate.rate(T0 + 1.0) == pytest.approx(10.0)
     # 11 s later the same bucket index comes round again: its old count must go.
     rate.record(T0 + 11.5, n=3)
     assert rate.stamps.count(int(T0) + 11) == 1 and rate.stamps.count(int(T0)) == 0
-    assert rate.rate(T0 + 12.0) == pytest.approx(3 / 9)
+    assert rate.rate(T0 + 12.0) == pytest.approx(3 / 10)
     # A stale bucket that was not overwritten is ignored too.
     rate2 = SlidingWindowRate(10, started=T0)
     rate2.record(T0 + 0.5, n=100)
     assert rate2.rate(T0 + 11.5) == 0.0
     rate2.record(T0 + 30.2)
-    assert rate2.rate(T0 + 31.0) == pytest.approx(1 / 9)
+    assert rate2.rate(T0 + 31.0) == pytest.approx(1 / 10)
 
 
 def test_storage_as_memoryview_of_int64_works_like_a_list() -> None:
