@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -14,6 +17,9 @@ def register(sub: Any) -> None:
     p.add_argument("workflow", help="e.g. diamond.fan_out_in")
     p.add_argument("--context", default="{}", help="the request's context, a JSON object")
     p.add_argument("--parent", default=None, help="parent correlation id (nested workflows)")
+    p.add_argument("--key", default=None, metavar="KEY",
+                   help="idempotency key: a retry with the same key returns the request "
+                        "already recorded instead of recording a second one")
     p.add_argument("--wait", type=float, default=None, metavar="SECONDS",
                    help="wait up to SECONDS for the request to finish, then show it")
     p.set_defaults(run=run_submit)
@@ -21,6 +27,11 @@ def register(sub: Any) -> None:
     s.add_argument("ident", help="task uuid or correlation id")
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(run=run_status)
+
+
+#: Exit code of ``tasker submit`` when the request was recorded but could not be
+#: published (broker down): it is not lost, the recovery poller dispatches it.
+EXIT_RECORDED_NOT_PUBLISHED = 3
 
 
 def run_submit(args: argparse.Namespace) -> int:
@@ -38,18 +49,33 @@ def run_submit(args: argparse.Namespace) -> int:
 
         get_workflow(args.workflow)  # an unknown workflow is reported before the database
         check_reachable()
-        submission = submit(args.workflow, context, parent_correlation_id=args.parent)
+        with _quiet_broker_logs():
+            submission = submit(args.workflow, context, parent_correlation_id=args.parent,
+                                key=args.key)
     except (UnknownWorkflowError, ContextError, ValueError) as exc:
         print(f"tasker submit: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
     except DatabaseError as exc:
-        print(f"tasker submit: {exc}", file=sys.stderr)
+        print(f"tasker submit: {exc} (nothing recorded)", file=sys.stderr)
         return 1
     print(json.dumps({"task_uuid": submission.task_uuid,
                       "correlation_id": submission.correlation_id,
                       "parent_correlation_id": submission.parent_correlation_id,
+                      "created": submission.created,
+                      "published": submission.created and submission.publish_error is None,
                       "dispatched_steps": len(submission.dispatched_steps),
                       "initialization_ms": round(submission.initialization_seconds * 1000, 3)}))
+    if not submission.created:
+        print(f"tasker submit: key {args.key!r} already names request {submission.task_uuid};"
+              " nothing new recorded", file=sys.stderr)
+    if submission.publish_error is not None:
+        from tasker.redact import redact_text
+
+        print(f"tasker submit: recorded as {submission.task_uuid}, but the broker is unreachable"
+              f" ({redact_text(submission.publish_error)[:200]}); the recovery poller will"
+              " dispatch it (do not resubmit; a retry with the same --key is safe)",
+              file=sys.stderr)
+        return EXIT_RECORDED_NOT_PUBLISHED
     if args.wait:
         deadline = time.monotonic() + args.wait
         while time.monotonic() < deadline:
@@ -59,6 +85,20 @@ def run_submit(args: argparse.Namespace) -> int:
             time.sleep(0.2)
         return run_status(argparse.Namespace(ident=submission.task_uuid, json=False))
     return 0
+
+
+@contextmanager
+def _quiet_broker_logs() -> Iterator[None]:
+    """kombu and Celery log every failed connection attempt; the outcome is reported once."""
+    names = ("kombu", "celery", "amqp", "tasker.workflows")
+    saved = [(logging.getLogger(n), logging.getLogger(n).level) for n in names]
+    for logger, _ in saved:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in saved:
+            logger.setLevel(level)
 
 
 def _load(ident: str) -> list[dict[str, Any]]:
