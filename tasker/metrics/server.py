@@ -1,22 +1,41 @@
 """The worker node's HTTP endpoint: ``/metrics``, ``/metrics.json``, ``/healthz``.
 
-Runs in the MainProcess on a small, fixed pool of threads: a slow or hostile
-client holds one thread for at most ``REQUEST_TIMEOUT`` seconds and can never
-make the node spawn more.
+Built for a port anyone may reach (Compose binds ``0.0.0.0``):
+
+* one selector thread accepts connections and reads request heads without
+  blocking. A connection's ``REQUEST_TIMEOUT`` starts when it is accepted
+  (not when a thread gets round to it), so a client that sends nothing, or
+  one byte a second, is dropped after 2 s whatever else is going on;
+* at most ``MAX_PENDING`` connections are open while their head arrives;
+  one more closes the oldest of them. A flood of idle connections therefore
+  costs the node a bounded number of descriptors and churns through the
+  attacker's own connections, while a fresh client, which sends its head at
+  once, is read within one pass of the loop (accepts come in batches smaller
+  than ``MAX_PENDING``, so a new connection is never evicted unread);
+* a complete request is answered by a small pool: one thread for
+  ``/healthz`` (never queued behind a slow scrape) and ``SERVER_THREADS``
+  for ``/metrics`` and ``/metrics.json``. At most ``MAX_ANSWERING`` answers
+  per pool are queued or being written; beyond that the client gets 503 at
+  once. Errors (400, 401, 404, 405, 503) are written by the selector thread.
+
+Descriptors the endpoint holds at most: ``MAX_DESCRIPTORS`` (pending heads,
+answers in progress, the listening socket and the epoll descriptor).
 """
 
 from __future__ import annotations
 
+import email.utils
 import hmac
-import io
+import http
 import json
 import logging
+import selectors
 import socket
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -25,16 +44,29 @@ from prometheus_client.metrics_core import Metric
 
 from tasker.metrics.exposition import TextExposition
 
-__all__ = ["MetricsServer", "MetricsServerError", "REQUEST_TIMEOUT", "SERVER_THREADS"]
+__all__ = ["MetricsServer", "MetricsServerError", "REQUEST_TIMEOUT", "SERVER_THREADS",
+           "MAX_PENDING", "MAX_ANSWERING", "MAX_DESCRIPTORS"]
 
 logger = logging.getLogger("tasker.metrics")
 
-#: Seconds a client may take to send its whole request head, or to read the answer.
+#: Seconds from accept to a complete request head; also the bound on writing the answer.
 REQUEST_TIMEOUT = 2.0
-#: Threads answering requests; more clients wait in the listen backlog.
-SERVER_THREADS = 8
+#: Threads rendering ``/metrics`` and ``/metrics.json`` (``/healthz`` has its own).
+SERVER_THREADS = 4
+#: Connections open while their request head arrives; one more closes the oldest.
+MAX_PENDING = 64
+#: Answers per pool (health, scrape) queued or being written; more get 503 at once.
+MAX_ANSWERING = 8
+#: Every descriptor the endpoint can hold: pending heads, answers, listener, epoll.
+MAX_DESCRIPTORS = MAX_PENDING + 2 * MAX_ANSWERING + 2
+#: Connections accepted per loop pass; smaller than MAX_PENDING, see the module doc.
+ACCEPT_BATCH = 16
 #: Largest request head accepted (request line and headers).
 MAX_HEAD_BYTES = 16384
+#: Kernel queue of connections not yet accepted (they hold no descriptor of ours).
+LISTEN_BACKLOG = 128
+#: Longest wait of the selector loop, so :meth:`MetricsServer.stop` is prompt.
+_POLL = 0.25
 
 
 class MetricsServerError(RuntimeError):
@@ -49,56 +81,57 @@ class _FamiliesCollector:
         return self._families()
 
 
-def _read_head(sock: socket.socket, timeout: float, limit: int) -> bytes:
-    """The request head, read against one overall deadline.
-
-    A per-read socket timeout alone would let a client that trickles one byte
-    at a time hold a thread for ever; here the whole head must arrive within
-    ``timeout``. Returns b"" for a client that is too slow or sends too much.
-    """
-    deadline = time.monotonic() + timeout
-    buf = bytearray()
-    while b"\r\n\r\n" not in buf and b"\n\n" not in buf:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or len(buf) > limit:
-            return b""
-        sock.settimeout(remaining)
-        try:
-            chunk = sock.recv(4096)
-        except OSError:
-            return b""
-        if not chunk:
-            break
-        buf += chunk
-    sock.settimeout(timeout)  # for writing the answer
-    return bytes(buf)
+@dataclass
+class _Pending:
+    sock: socket.socket
+    deadline: float
+    head: bytearray
 
 
-class _BoundedHTTPServer(HTTPServer):
-    daemon_threads = True
-    request_queue_size = 64
+@dataclass(frozen=True)
+class _Request:
+    method: str
+    path: str
+    authorization: str | None
 
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
-        self._executor = ThreadPoolExecutor(SERVER_THREADS, thread_name_prefix="tasker-http")
-        super().__init__(address, handler)
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        self._executor.submit(self._serve_one, request, client_address)
+def _parse_head(head: bytes) -> _Request | None:
+    """Method, path (without query) and Authorization of a request head; None if malformed."""
+    try:
+        text = head.decode("iso-8859-1")
+    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes any byte
+        return None
+    lines = text.replace("\r\n", "\n").split("\n")
+    parts = lines[0].split()
+    if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+        return None
+    authorization = None
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep and name.strip().lower() == "authorization":
+            authorization = value.strip()
+    return _Request(parts[0], parts[1].split("?", 1)[0], authorization)
 
-    def _serve_one(self, request: Any, client_address: Any) -> None:
-        try:
-            self.finish_request(request, client_address)
-        except Exception:  # noqa: BLE001 - one bad client must not stop the server
-            self.handle_error(request, client_address)
-        finally:
-            self.shutdown_request(request)
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        logger.debug("metrics.http_error", exc_info=True)
+def _response(status: int, content_type: str, body: bytes,
+              extra: dict[str, str] | None = None) -> bytes:
+    phrase = http.HTTPStatus(status).phrase
+    lines = [f"HTTP/1.1 {status} {phrase}", "Server: tasker",
+             f"Date: {email.utils.formatdate(usegmt=True)}",
+             f"Content-Type: {content_type}", f"Content-Length: {len(body)}",
+             "Connection: close", *(f"{k}: {v}" for k, v in (extra or {}).items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
-    def server_close(self) -> None:
-        super().server_close()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+
+def _json_error(status: int, message: str, extra: dict[str, str] | None = None) -> bytes:
+    return _response(status, "application/json", json.dumps({"error": message}).encode(), extra)
+
+
+def _close(sock: socket.socket) -> None:
+    try:
+        sock.close()
+    except OSError:
+        pass
 
 
 class MetricsServer:
@@ -122,32 +155,244 @@ class MetricsServer:
         self._registry = registry
         self._exposition = TextExposition()
         self._snapshot, self._health, self._token = snapshot, health, token
-        self._httpd: _BoundedHTTPServer | None = None
+        self._listener: socket.socket | None = None
         self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._pools: dict[str, tuple[ThreadPoolExecutor, threading.BoundedSemaphore]] = {}
 
     @property
     def port(self) -> int | None:
-        return self._httpd.server_address[1] if self._httpd else None
+        return self._listener.getsockname()[1] if self._listener is not None else None
 
     def start(self) -> None:
         try:
-            self._httpd = _BoundedHTTPServer((self.bind, self.requested_port), self._handler())
+            self._listener = self._listen()
         except OSError as exc:
             raise MetricsServerError(
                 f"cannot serve metrics on {self.bind}:{self.requested_port} "
                 f"(TASKER_METRICS_BIND / TASKER_METRICS_PORT): {exc.strerror or exc}; "
                 "choose another port, or TASKER_METRICS_PORT=0 for any free port"
             ) from None
-        self._thread = threading.Thread(target=self._httpd.serve_forever,
-                                        kwargs={"poll_interval": 0.5},
-                                        name="tasker-metrics-server", daemon=True)
+        self._stopping.clear()
+        self._pools = {
+            "health": (ThreadPoolExecutor(1, thread_name_prefix="tasker-http-health"),
+                       threading.BoundedSemaphore(MAX_ANSWERING)),
+            "scrape": (ThreadPoolExecutor(SERVER_THREADS, thread_name_prefix="tasker-http"),
+                       threading.BoundedSemaphore(MAX_ANSWERING)),
+        }
+        self._thread = threading.Thread(target=self._serve, name="tasker-metrics-server",
+                                        daemon=True)
         self._thread.start()
 
+    def _listen(self) -> socket.socket:
+        host = self.bind[1:-1] if self.bind.startswith("[") else self.bind
+        family, kind, proto, _name, address = socket.getaddrinfo(
+            host, self.requested_port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            # As http.server did: a restarted node can bind while old connections linger.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(LISTEN_BACKLOG)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
     def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        for executor, _ in self._pools.values():
+            executor.shutdown(wait=False, cancel_futures=True)
+        self._pools = {}
+        if self._listener is not None:
+            _close(self._listener)
+            self._listener = None
+
+    # ------------------------------------------------------------ selector thread
+
+    def _serve(self) -> None:
+        listener = self._listener
+        assert listener is not None
+        selector = selectors.DefaultSelector()
+        # Insertion order is accept order, hence deadline order: the oldest is first.
+        pending: dict[socket.socket, _Pending] = {}
+        selector.register(listener, selectors.EVENT_READ, None)
+        try:
+            while not self._stopping.is_set():
+                timeout = _POLL
+                if pending:
+                    first = next(iter(pending.values()))
+                    timeout = min(timeout, max(0.0, first.deadline - time.monotonic()))
+                for key, _events in selector.select(timeout):
+                    try:
+                        if key.data is None:
+                            self._accept(listener, selector, pending)
+                        else:
+                            self._read(key.data, selector, pending)
+                    except Exception:  # noqa: BLE001 - one bad client must not stop the loop
+                        logger.debug("metrics.http_error", exc_info=True)
+                        if key.data is not None:
+                            self._drop(key.data, selector, pending)
+                now = time.monotonic()
+                while pending:
+                    conn = next(iter(pending.values()))
+                    if conn.deadline > now:
+                        break
+                    self._drop(conn, selector, pending)  # too slow: head not sent in time
+        finally:
+            for conn in list(pending.values()):
+                self._drop(conn, selector, pending)
+            selector.close()
+
+    def _drop(self, conn: _Pending, selector: selectors.BaseSelector,
+              pending: dict[socket.socket, _Pending]) -> None:
+        if pending.pop(conn.sock, None) is not None:
+            try:
+                selector.unregister(conn.sock)
+            except (KeyError, ValueError):
+                pass
+        _close(conn.sock)
+
+    def _accept(self, listener: socket.socket, selector: selectors.BaseSelector,
+                pending: dict[socket.socket, _Pending]) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, _address = listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                # EMFILE/ENFILE: the process is out of descriptors. Free one of
+                # ours so the listener does not spin; the kernel keeps the queue.
+                logger.debug("metrics.accept_failed", extra={"reason": str(exc)})
+                if pending:
+                    self._drop(next(iter(pending.values())), selector, pending)
+                return
+            if len(pending) >= MAX_PENDING:
+                self._drop(next(iter(pending.values())), selector, pending)
+            sock.setblocking(False)
+            conn = _Pending(sock, time.monotonic() + REQUEST_TIMEOUT, bytearray())
+            pending[sock] = conn
+            selector.register(sock, selectors.EVENT_READ, conn)
+
+    def _read(self, conn: _Pending, selector: selectors.BaseSelector,
+              pending: dict[socket.socket, _Pending]) -> None:
+        try:
+            chunk = conn.sock.recv(4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._drop(conn, selector, pending)
+            return
+        conn.head += chunk
+        end = conn.head.find(b"\r\n\r\n")
+        if end < 0:
+            end = conn.head.find(b"\n\n")
+        if end < 0:
+            if len(conn.head) > MAX_HEAD_BYTES:
+                self._answer_now(conn, selector, pending,
+                                 _json_error(431, "request head too large"))
+            return
+        # The head is complete: the connection leaves the selector and the pending set.
+        pending.pop(conn.sock, None)
+        selector.unregister(conn.sock)
+        self._dispatch(conn.sock, bytes(conn.head[:end]))
+
+    def _answer_now(self, conn: _Pending, selector: selectors.BaseSelector,
+                    pending: dict[socket.socket, _Pending], response: bytes) -> None:
+        pending.pop(conn.sock, None)
+        selector.unregister(conn.sock)
+        self._send_nowait(conn.sock, response)
+
+    @staticmethod
+    def _send_nowait(sock: socket.socket, response: bytes) -> None:
+        """Write a short answer from the selector thread: one attempt, never blocking."""
+        try:
+            sock.send(response)  # a few hundred bytes: fits the socket's send buffer
+        except OSError:
+            pass
+        _close(sock)
+
+    def _dispatch(self, sock: socket.socket, head: bytes) -> None:
+        request = _parse_head(head)
+        if request is None:
+            self._send_nowait(sock, _json_error(400, "bad request"))
+            return
+        if request.method != "GET":
+            self._send_nowait(sock, _json_error(405, "method not allowed", {"Allow": "GET"}))
+            return
+        if request.path == "/healthz":
+            pool = "health"
+        elif request.path in ("/metrics", "/metrics.json"):
+            if not self._authorized(request.authorization):
+                self._send_nowait(sock, _json_error(
+                    401, "unauthorized", {"WWW-Authenticate": 'Bearer realm="tasker"'}))
+                return
+            pool = "scrape"
+        else:
+            self._send_nowait(sock, _json_error(404, "not found"))
+            return
+        executor, slots = self._pools[pool]
+        if not slots.acquire(blocking=False):
+            self._send_nowait(sock, _json_error(503, "busy", {"Retry-After": "1"}))
+            return
+        try:
+            executor.submit(self._answer, sock, request.path, slots)
+        except RuntimeError:  # shut down meanwhile
+            slots.release()
+            _close(sock)
+
+    # --------------------------------------------------------------- answer threads
+
+    def _answer(self, sock: socket.socket, path: str, slots: threading.BoundedSemaphore) -> None:
+        try:
+            self._write(sock, self._build(path))
+        except Exception:  # noqa: BLE001 - one bad client must not stop the server
+            logger.debug("metrics.http_error", exc_info=True)
+        finally:
+            _close(sock)
+            slots.release()
+
+    def _build(self, path: str) -> bytes:
+        if path == "/healthz":
+            healthy, reason = self._health()
+            body = json.dumps({"status": "ok" if healthy else "unavailable",
+                               "reason": reason}).encode()
+            return _response(200 if healthy else 503, "application/json", body)
+        try:
+            if path == "/metrics":
+                # Classic text format 0.0.4: every Prometheus 2.x parses it, and
+                # tasker's names need none of 1.0.0's UTF-8 escaping.
+                return _response(200, CONTENT_TYPE_PLAIN_0_0_4,
+                                 self._exposition.render(self._registry))
+            body = json.dumps(self._snapshot(), separators=(",", ":")).encode()
+            return _response(200, "application/json", body)
+        except Exception:  # noqa: BLE001 - report, keep serving
+            logger.exception("metrics.scrape_failed")
+            return _json_error(500, "scrape failed")
+
+    @staticmethod
+    def _write(sock: socket.socket, data: bytes) -> None:
+        """Send ``data`` within ``REQUEST_TIMEOUT`` overall: a client that reads one
+        byte a second cannot hold an answer thread longer than that."""
+        deadline = time.monotonic() + REQUEST_TIMEOUT
+        view = memoryview(data)
+        sock.setblocking(True)
+        while view:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            sock.settimeout(remaining)
+            try:
+                sent = sock.send(view)
+            except OSError:
+                return
+            view = view[sent:]
 
     def _authorized(self, header: str | None) -> bool:
         if self._token is None:
@@ -155,71 +400,3 @@ class MetricsServer:
         expected = f"Bearer {self._token}".encode()
         # Constant-time comparison: the answer time tells nothing about the token.
         return hmac.compare_digest((header or "").encode(), expected)
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            timeout = REQUEST_TIMEOUT
-            protocol_version = "HTTP/1.1"
-            server_version = "tasker"
-            sys_version = ""
-
-            def setup(self) -> None:
-                super().setup()
-                # GET requests have no body: parse from the head read under a deadline.
-                self.rfile = io.BytesIO(_read_head(self.connection, REQUEST_TIMEOUT,
-                                                   MAX_HEAD_BYTES))
-
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                path = self.path.split("?", 1)[0]
-                if path == "/healthz":
-                    healthy, reason = server._health()
-                    self._send(200 if healthy else 503, "application/json",
-                               json.dumps({"status": "ok" if healthy else "unavailable",
-                                           "reason": reason}).encode())
-                    return
-                if path not in ("/metrics", "/metrics.json"):
-                    self._send(404, "application/json", b'{"error": "not found"}')
-                    return
-                if not server._authorized(self.headers.get("Authorization")):
-                    self._send(401, "application/json", b'{"error": "unauthorized"}',
-                               extra={"WWW-Authenticate": 'Bearer realm="tasker"'})
-                    return
-                try:
-                    if path == "/metrics":
-                        body = server._exposition.render(server._registry)
-                        # Classic text format 0.0.4: every Prometheus 2.x parses it, and
-                        # tasker's names need none of 1.0.0's UTF-8 escaping.
-                        self._send(200, CONTENT_TYPE_PLAIN_0_0_4, body)
-                    else:
-                        body = json.dumps(server._snapshot(), separators=(",", ":")).encode()
-                        self._send(200, "application/json", body)
-                except Exception:  # noqa: BLE001 - report, keep serving
-                    logger.exception("metrics.scrape_failed")
-                    self._send(500, "application/json", b'{"error": "scrape failed"}')
-
-            def _not_allowed(self) -> None:
-                self._send(405, "application/json", b'{"error": "method not allowed"}',
-                           extra={"Allow": "GET"})
-
-            do_POST = do_PUT = do_DELETE = do_PATCH = _not_allowed  # noqa: N815
-            do_HEAD = do_OPTIONS = _not_allowed  # noqa: N815
-
-            def _send(self, status: int, content_type: str, body: bytes,
-                      extra: dict[str, str] | None = None) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Connection", "close")
-                for key, value in (extra or {}).items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(body)
-                self.close_connection = True
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                logger.debug("metrics.http_request", extra={"request": format % args})
-
-        return Handler
-
