@@ -7,8 +7,10 @@ Signal receivers and bootsteps are connected here because that is how Celery
 finds them in every process that imports ``tasker``.
 """
 
+from typing import Any
+
 from celery import Celery
-from celery.signals import setup_logging
+from celery.signals import beat_init, setup_logging
 
 # tasker's loader prints one line for a handler module that does not import.
 app = Celery("tasker", task_cls="tasker.task:TaskerTask", loader="tasker.loader:TaskerLoader")
@@ -38,3 +40,23 @@ def _configure_logging(loglevel: object = None, **_: object) -> None:
     settings = get_settings()
     configure_logging(settings.log_format, loglevel or settings.log_level)  # type: ignore[arg-type]
     correlation.log_task_starts_if_enabled()
+
+
+@beat_init.connect(weak=False)
+def _log_beat_schedule(**_: Any) -> None:
+    """One ``beat.started`` line: what beat sends, how often, and to which queue.
+
+    Why: beat's own start-up says nothing about the schedule, so an operator
+    could not tell from its log whether the sampler and recovery are scheduled.
+    """
+    import logging
+
+    routes = app.conf.task_routes or {}
+    schedule = {
+        name: {"every_seconds": float(getattr(entry["schedule"], "seconds", entry["schedule"])),
+               "queue": (routes.get(entry["task"]) or {}).get("queue",
+                                                              app.conf.task_default_queue)}
+        for name, entry in sorted((app.conf.beat_schedule or {}).items())
+    }
+    logging.getLogger("tasker.beat").info(
+        "beat.started", extra={"schedule": schedule, "scheduler": app.conf.beat_scheduler})
