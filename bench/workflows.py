@@ -16,14 +16,22 @@ records show afterwards is tasker's own cost:
   dependency results, empty handler, completion, dispatch of the next one);
 * per task: end to end (request recorded -> finalized), and that over ten.
 
+Per step, tasker pays for its safety: a lease (advisory lock) and a claim
+committed before the handler runs (so a killed attempt is counted), then the
+outcome's transaction: compare ``in_step``/``handoff`` with a run at an older
+commit to see that price.
+
 Part 2, SQL plans: a data generator records N tasks across the four example
 shapes (linear, diamond, tree, mixed) in every state (complete, in progress,
 waiting for retry, error, pending), then runs ``EXPLAIN (ANALYZE, BUFFERS)``
 on the very statements tasker executes (captured from
-:mod:`tasker.workflows.records`): step claim/lock, readiness (dispatch of
-unblocked steps), the recovery poller's claim, and the backlog count the
-sampler reads. Updates are rolled back. Sizes grow in one database, so each
+:mod:`tasker.workflows.records`): the step claim's read, readiness (dispatch
+of unblocked steps), the recovery poller's candidates, and the backlog count
+the sampler reads. Updates are rolled back. Sizes grow in one database, so each
 size adds to the previous one.
+
+Part 3, the recovery poller's queue read (what proving that a message still
+waits costs) for 1,000 / 5,000 / 10,000 waiting messages.
 """
 
 from __future__ import annotations
@@ -187,7 +195,7 @@ def generated_rows(count: int, rng: random.Random, now: datetime
     open one has its first k steps (in declaration order, which is a
     topological order) complete, the steps they unblock dispatched (or, for
     ``waiting_retry``, one of them due for a retry) and the rest waiting; a
-    failed one has one step in error.
+    failed one has one step in error and the rest not complete cancelled.
     """
     from tasker.workflows.definition import get_workflow
 
@@ -223,10 +231,12 @@ def generated_rows(count: int, rng: random.Random, now: datetime
                     due = now + timedelta(seconds=rng.uniform(0.5, 60))
                     row = ("waiting_retry", 1, None, "RuntimeError: boom", "event", due, t,
                            None, due)
-                elif finished:
-                    row = ("waiting", 0, None, None, None, None, None, None, None)
+                elif finished:  # a failed task closes its other steps
+                    row = ("cancelled", 0, None, "cancelled", None, None, None, t, None)
                 else:
                     row = ("dispatched", 0, None, None, "event", t, None, None, None)
+            elif finished:
+                row = ("cancelled", 0, None, "cancelled", None, None, None, t, None)
             else:
                 row = ("waiting", 0, None, None, None, None, None, None, None)
             (s_state, attempts, results, error, delivery, dispatched, started, completed,
@@ -363,13 +373,13 @@ def queries(subjects: dict[str, str], deadline: float) -> dict[str, tuple[str, A
     """The statements to explain, captured from tasker's own records functions."""
     from tasker.workflows import records
 
-    lock = captured(records.lock_step, subjects["step"])[0]
+    claim = captured(records.claim_step, subjects["step"])[0]
     ready = captured(records.dispatch_ready, subjects["task"])[0]
-    claim = captured(records.claim_overdue, deadline)[0]
+    overdue = captured(records.overdue_candidates, deadline)[0]
     backlog_tasks, backlog_steps = captured(records.counts_by_state)
-    return {"claim step (lock_step)": lock, "readiness (dispatch_ready)": ready,
-            "recovery claim (claim_overdue)": claim, "backlog: tasks by state": backlog_tasks,
-            "backlog: steps by state": backlog_steps}
+    return {"claim step: read (claim_step)": claim, "readiness (dispatch_ready)": ready,
+            "recovery candidates (overdue_candidates)": overdue,
+            "backlog: tasks by state": backlog_tasks, "backlog: steps by state": backlog_steps}
 
 
 def run_plans(args: Any, results: common.Results, database_url: str) -> None:
@@ -400,6 +410,44 @@ def run_plans(args: Any, results: common.Results, database_url: str) -> None:
                                 f"{', '.join(outcome['scans'])}")
 
 
+# ------------------------------------------------- part 3: the poller's queue read
+
+
+def run_poller_scan(args: Any, results: common.Results) -> None:
+    """What proving "not in flight" costs: one read of a step queue of N messages.
+
+    The recovery poller reads the step queue (``inflight.waiting_steps``)
+    only when some step is overdue; this is the price of never giving a
+    waiting message a second copy (the safety side is the backlog test:
+    one message per step instead of one more per poll).
+    """
+    from tasker.celery_app import app
+    from tasker.workflows import inflight
+
+    client = common.redis_client()
+    queue = f"{common.SESSION}-scan"
+    try:
+        published = 0
+        for size in args.scan_sizes:
+            with app.producer_or_acquire() as producer:
+                for _ in range(size - published):
+                    app.send_task("tasker.run_step", args=[str(uuid.uuid4())], queue=queue,
+                                  producer=producer)
+            published = size
+            took = common.timed_repeats(lambda: inflight.waiting_steps(queue, app), 3 if
+                                        args.quick else 9)
+            found = inflight.waiting_steps(queue, app)
+            record = {"table": "poller_scan", "messages": size,
+                      "found": None if found is None else sum(found.values()),
+                      "scan_ms": common.spread([t * 1e3 for t in took])}
+            results.write("summary", record)
+            progress(BENCH, f"poller queue read, {size} messages: "
+                            f"{record['scan_ms']['median']:.1f} ms")
+    finally:
+        common.delete_queue_keys(client, queue)
+        client.close()
+
+
 # -------------------------------------------------------------------------- main
 
 
@@ -415,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.requests = args.requests or (20 if args.quick else 200)
     args.rate = args.rate or (10.0 if args.quick else 5.0)
+    args.scan_sizes = [1000] if args.quick else [1000, 5000, 10000]
     args.sizes = [int(s) for s in (args.sizes or (
         "100,1000" if args.quick else "100,1000,10000,50000")).split(",")]
     if args.sizes != sorted(args.sizes):
@@ -440,6 +489,7 @@ def main(argv: list[str] | None = None) -> int:
             migrate(database_url)
             run_end_to_end(args, results, database_url, Path(tmp))
             run_plans(args, results, database_url)
+            run_poller_scan(args, results)
         ok = True
     finally:
         results.close(ok)

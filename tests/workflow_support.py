@@ -181,19 +181,34 @@ def open_work_mismatch(url: str) -> list[tuple]:
 
 
 class Poller:
-    """Sends ``tasker.recover_steps`` to ``queue`` every second, as beat does."""
+    """Sends ``tasker.recover_steps`` to ``queue`` every second, as beat does.
 
-    def __init__(self, app: Any, queue: str, interval: float = 1.0) -> None:
+    With ``broker_url`` it publishes through its own Celery app (a private broker
+    the test process's app is not configured for).
+    """
+
+    def __init__(self, app: Any, queue: str, interval: float = 1.0,
+                 broker_url: str | None = None) -> None:
         self._stop = threading.Event()
+        self._broker_url = broker_url
         self._thread = threading.Thread(target=self._run, args=(app, queue, interval),
                                         daemon=True)
 
     def _run(self, app: Any, queue: str, interval: float) -> None:
-        while not self._stop.wait(interval):
-            try:
-                app.send_task("tasker.recover_steps", queue=queue, expires=interval * 3)
-            except Exception:  # noqa: BLE001 - a broker restart: next second
-                pass
+        own = None
+        if self._broker_url:
+            from celery import Celery
+
+            app = own = Celery("test-poller", broker=self._broker_url)
+        try:
+            while not self._stop.wait(interval):
+                try:
+                    app.send_task("tasker.recover_steps", queue=queue, expires=interval * 3)
+                except Exception:  # noqa: BLE001 - a broker restart: next second
+                    pass
+        finally:
+            if own is not None:
+                own.close()
 
     def __enter__(self) -> Poller:
         self._thread.start()
