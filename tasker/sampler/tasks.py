@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -29,6 +30,17 @@ logger = logging.getLogger("tasker.sampler")
 
 #: Seconds between refreshes of the queues live workers consume (one broadcast).
 ACTIVE_QUEUES_REFRESH = 300.0
+#: Share of the sample interval the database sources may use, counted from the
+#: round's start: the round ends before the next one is due.
+DATABASE_SHARE = 0.8
+#: Longest wait for one database source, whatever the interval.
+DATABASE_TIMEOUT = 5.0
+#: Backstop time limits of ``tasker.sample_fleet`` (seconds). Each source bounds
+#: itself well within the interval; these only catch what nothing else does,
+#: and release the round's lock (soft: an exception in the task, hard: the
+#: pool process is replaced, and its flock goes with it).
+SAMPLE_SOFT_TIME_LIMIT = 60.0
+SAMPLE_TIME_LIMIT = 75.0
 _active_queues: tuple[float, set[str]] = (0.0, set())
 
 
@@ -118,40 +130,66 @@ def _sample_broker(app: Any, settings: Settings) -> dict[str, Any]:
                        for name, s in samples.items()}}
 
 
-def _sample_database(settings: Settings) -> dict[str, Any]:
+def _sample_database(settings: Settings, deadline: float) -> dict[str, Any]:
     from tasker.sampler.database import sample_database
 
-    sample = sample_database(settings.database_url)
+    sample = sample_database(settings.database_url, timeout=deadline - time.monotonic())
     return {"connections_by_state": dict(sample.connections_by_state),
             "max_connections": sample.max_connections}
 
 
-def _sample_records(settings: Settings) -> dict[str, Any]:
+def _sample_records(settings: Settings, deadline: float) -> dict[str, Any]:
     import psycopg
 
+    from tasker.sampler.database import bounded_connection, run_with_deadline
     from tasker.workflows.records import counts_by_state
 
-    try:
-        with psycopg.connect(settings.database_url, connect_timeout=5, autocommit=True,
-                             application_name="tasker-sampler") as conn:
-            conn.execute("SET statement_timeout = 5000")
+    def count() -> dict[str, Any]:
+        with bounded_connection(settings.database_url, deadline) as conn:
+            timeout_ms = max(1, int((deadline - time.monotonic()) * 1000))
+            conn.execute(f"SET statement_timeout = {timeout_ms}")
             return counts_by_state(conn)
-    except psycopg.Error as exc:
+
+    try:
+        return run_with_deadline(count, deadline - time.monotonic(), "tasker-records-sample")
+    except (psycopg.Error, TimeoutError) as exc:
         raise RuntimeError(redact_text(f"records unavailable: {exc}")) from None
 
 
 def run_sample_round(app: Any, settings: Settings | None = None,
                      directory: str | None = None) -> SampleRound:
-    """Sample every source once; store the results in ``directory`` if given."""
+    """Sample every source once; store the results in ``directory`` if given.
+
+    The broker is sampled (and stored) first, so a database that hangs cannot
+    make queue depth stale. The two database sources then run side by side
+    against one deadline, within the sample interval: a database that accepts
+    connections and never answers ends the round on time with both down.
+    """
     settings = settings or get_settings()
+    started = time.monotonic()
     round_ = SampleRound(started_at=time.time())
-    round_.sources["broker"] = _timed("broker", lambda: _sample_broker(app, settings))
-    round_.sources["database"] = _timed("database", lambda: _sample_database(settings))
-    round_.sources["records"] = _timed("records", lambda: _sample_records(settings))
-    if directory:
-        for source, result in round_.sources.items():
+
+    def store(source: str, result: SourceResult) -> None:
+        round_.sources[source] = result
+        if directory:
             export.record_source(directory, source, up=result.up, duration=result.duration,
                                  values=result.values)
+
+    store("broker", _timed("broker", lambda: _sample_broker(app, settings)))
+    budget = settings.sample_interval * DATABASE_SHARE - (time.monotonic() - started)
+    deadline = time.monotonic() + min(DATABASE_TIMEOUT, max(budget, 0.1))
+    results: dict[str, SourceResult] = {}
+    records = threading.Thread(
+        target=lambda: results.__setitem__(
+            "records", _timed("records", lambda: _sample_records(settings, deadline))),
+        name="tasker-sample-records", daemon=True)
+    records.start()
+    results["database"] = _timed("database", lambda: _sample_database(settings, deadline))
+    # _sample_records returns by the deadline (run_with_deadline): the join is bounded.
+    records.join(max(0.0, deadline - time.monotonic()) + 1.0)
+    store("database", results["database"])
+    store("records", results.get("records") or SourceResult(
+        False, time.monotonic() - started, None, "records: no answer by the deadline"))
     return round_
 
 
@@ -164,7 +202,8 @@ def _count_skip(reason: str) -> None:
     logger.warning("sample.skipped", extra={"reason": reason})
 
 
-@shared_task(name="tasker.sample_fleet", bind=True, ignore_result=True)
+@shared_task(name="tasker.sample_fleet", bind=True, ignore_result=True,
+             soft_time_limit=SAMPLE_SOFT_TIME_LIMIT, time_limit=SAMPLE_TIME_LIMIT)
 def sample_fleet(self: Any) -> None:
     """Beat task: one sample round into this node's scrape, unless it would pile up."""
     from tasker.metrics import recording
