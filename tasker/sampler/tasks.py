@@ -10,7 +10,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -161,9 +160,9 @@ def run_sample_round(app: Any, settings: Settings | None = None,
     """Sample every source once; store the results in ``directory`` if given.
 
     The broker is sampled (and stored) first, so a database that hangs cannot
-    make queue depth stale. The two database sources then run side by side
-    against one deadline, within the sample interval: a database that accepts
-    connections and never answers ends the round on time with both down.
+    make queue depth stale. The two database sources then share one deadline
+    within the sample interval: a database that accepts connections and never
+    answers ends the round on time with both down.
     """
     settings = settings or get_settings()
     started = time.monotonic()
@@ -178,18 +177,10 @@ def run_sample_round(app: Any, settings: Settings | None = None,
     store("broker", _timed("broker", lambda: _sample_broker(app, settings)))
     budget = settings.sample_interval * DATABASE_SHARE - (time.monotonic() - started)
     deadline = time.monotonic() + min(DATABASE_TIMEOUT, max(budget, 0.1))
-    results: dict[str, SourceResult] = {}
-    records = threading.Thread(
-        target=lambda: results.__setitem__(
-            "records", _timed("records", lambda: _sample_records(settings, deadline))),
-        name="tasker-sample-records", daemon=True)
-    records.start()
-    results["database"] = _timed("database", lambda: _sample_database(settings, deadline))
-    # _sample_records returns by the deadline (run_with_deadline): the join is bounded.
-    records.join(max(0.0, deadline - time.monotonic()) + 1.0)
-    store("database", results["database"])
-    store("records", results.get("records") or SourceResult(
-        False, time.monotonic() - started, None, "records: no answer by the deadline"))
+    # One deadline for both: after a database that did not answer, records are
+    # reported down at once rather than waited for again.
+    store("database", _timed("database", lambda: _sample_database(settings, deadline)))
+    store("records", _timed("records", lambda: _sample_records(settings, deadline)))
     return round_
 
 
