@@ -37,7 +37,8 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -238,6 +239,13 @@ class Recorder:
                 series.add(((series.succeeded_value, 1.0),))
             return
         started, series = entry
+        if state is None:
+            # Interrupted by a BaseException before Celery set a state: SIGTERM
+            # at a hard time limit or revoke(terminate=True), sys.exit() in a
+            # handler. The MainProcess sees how the execution ended and
+            # observes its runtime (tasker.metrics.request): once, not twice.
+            series.add(((series.active_value, -1.0),))
+            return
         runtime = time.perf_counter() - started
         if state == SUCCESS:
             series.add(((series.active_value, -1.0), (series.succeeded_value, 1.0),
@@ -490,10 +498,37 @@ def _on_postrun(sender: Any = None, task_id: str = "", task: Any = None,
             _record_failed(recorder, "postrun", exc)
 
 
+#: task_failure signals counted by this process, and whether counting is
+#: paused (see tasker.metrics.request: one failure per execution). Only the
+#: thread that runs Celery's request callbacks touches them.
+_failures_counted = 0
+_failures_paused = False
+
+
+def failures_counted() -> int:
+    """How many ``task_failure`` signals this process has counted."""
+    return _failures_counted
+
+
+@contextmanager
+def failures_not_counted() -> Iterator[None]:
+    """``task_failure`` signals sent inside are not counted (already counted once)."""
+    global _failures_paused
+    _failures_paused = True
+    try:
+        yield
+    finally:
+        _failures_paused = False
+
+
 @task_failure.connect(weak=False)
 @_guarded("failure")
 def _on_failure(recorder: Recorder, sender: Any = None,
                 exception: BaseException | None = None, **_: Any) -> None:
+    global _failures_counted
+    if _failures_paused:
+        return
+    _failures_counted += 1
     recorder.on_failure(sender, exception)
 
 

@@ -217,3 +217,25 @@ def test_warm_shutdown_removes_the_default_directory(start_node):
     assert directory.is_dir()
     node.stop()
     assert not directory.exists()
+
+
+def test_a_task_killed_at_the_hard_time_limit_is_counted_and_observed_once(start_node, app):
+    node = start_node(extra_args=["--time-limit", "2"])
+    app.send_task("diagnostics.sleep", args=(15,), queue=node.queue)
+    wait_for(lambda: total(node.scrape(), "tasker_tasks_failed_total",
+                           task="diagnostics.sleep") >= 1, timeout=30, message="the failure")
+    # Whatever else reports the killed process (its replacement, the lost-process path)
+    # has had time to land.
+    wait_for(lambda: total(node.scrape(), "tasker_worker_process_exits_total") >= 1,
+             timeout=15, message="the killed process's exit")
+    time.sleep(2)
+    samples = node.scrape()
+    failures = [(dict(labels), value) for (name, labels), value in samples.items()
+                if name == "tasker_tasks_failed_total" and value]
+    assert len(failures) == 1, failures
+    assert total(samples, "tasker_tasks_failed_total", task="diagnostics.sleep",
+                 exception="TimeLimitExceeded") == 1
+    assert total(samples, "tasker_task_runtime_seconds_count", task="diagnostics.sleep") == 1
+    runtime = total(samples, "tasker_task_runtime_seconds_sum", task="diagnostics.sleep")
+    assert 1.5 <= runtime <= 10, runtime
+    assert node.snapshot()["total_runs"] == 1
