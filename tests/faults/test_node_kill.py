@@ -200,9 +200,15 @@ def test_sigkill_of_a_whole_node_under_load_loses_nothing_and_restart_starts_cle
             assert steps == ledger
             bad = conn.execute(
                 "SELECT task_uuid, name, state, attempts FROM tasker_steps"
-                " WHERE task_uuid = ANY(%s::uuid[]) AND (state <> 'complete' OR attempts <> 1)",
+                " WHERE task_uuid = ANY(%s::uuid[]) AND (state <> 'complete' OR attempts > 2)",
                 [uuids]).fetchall()
-            assert not bad, bad  # a killed attempt was rolled back, never counted
+            assert not bad, bad
+            # A killed attempt's effects were rolled back, but the attempt is
+            # counted (claimed before its handler ran, issue [2.2]): at most the
+            # steps node A's two pool processes were running took a second one.
+            second = conn.execute("SELECT count(*) FROM tasker_steps WHERE task_uuid ="
+                                  " ANY(%s::uuid[]) AND attempts = 2", [uuids]).fetchone()[0]
+            assert second <= 2, second
             # The messages node A held when it died are still unacked in Redis:
             # the steps it had not completed can only have come back through
             # the poller.

@@ -11,7 +11,7 @@ the machine's shared Redis and PostgreSQL are never restarted.
   processed exactly once.
 * PostgreSQL (the database) restarted while workflow requests run: the per-process
   pools recover, ``tasker_db_pool_errors_total`` counts what happened, steps that
-  failed are re-dispatched by the recovery poller, every request completes, and every
+  failed are retried (or re-dispatched by the recovery poller), every request completes, and every
   step's effects are committed exactly once.
 """
 
@@ -401,8 +401,13 @@ def test_postgres_restart_under_load(start_node: Callable[..., WorkerNode],
         assert ledger == writing_steps
         bad = conn.execute(
             "SELECT count(*) FROM tasker_steps WHERE task_uuid = ANY(%s::uuid[])"
-            " AND (state <> 'complete' OR attempts <> 1)", [uuids]).fetchone()[0]
+            " AND (state <> 'complete' OR attempts > 2)", [uuids]).fetchone()[0]
         assert bad == 0
+        # An attempt aborted by the restart is counted (claimed before its handler
+        # ran, issue [2.2]): at most the steps the two pool processes were running.
+        second = conn.execute("SELECT count(*) FROM tasker_steps WHERE task_uuid ="
+                              " ANY(%s::uuid[]) AND attempts = 2", [uuids]).fetchone()[0]
+        assert 1 <= second <= 2, second
         steps = conn.execute("SELECT count(*) FROM tasker_steps WHERE task_uuid = ANY(%s::uuid[])",
                              [uuids]).fetchone()[0]
         assert steps == sum(STEPS[w] for _, w, _ in submitted)
@@ -419,11 +424,11 @@ def test_postgres_restart_under_load(start_node: Callable[..., WorkerNode],
     assert errors["connection_lost"] >= 1, errors
     assert sum(errors.values()) > 0
     assert total(s, "tasker_workflow_requests_total", outcome="complete") == len(submitted)
-    # The aborted step was delivered again by the recovery poller and its handler re-run:
-    # hold (aborted), hold (polled), after.
-    assert polled >= 1
+    # The aborted step's attempt was counted and its handler re-run: by its retry when
+    # the failure could be recorded once the server was back, else by the recovery
+    # poller (issue [2.2]). hold (aborted), hold (again), after.
     assert total(s, "tasker_step_executions_total", workflow="diagnostics.slow") >= 3
-    assert total(s, "tasker_step_executions_total", path="poll") >= 1
+    assert total(s, "tasker_step_executions_total", path="poll") >= polled
     assert total(s, "tasker_workflow_steps_dispatched_total", path="poll") >= polled
     # Pools hold live connections again.
     assert total(s, "tasker_db_pool_size") >= 1
