@@ -40,7 +40,8 @@ def _configure_logging(loglevel: object = None, **_: object) -> None:
     from tasker.settings import get_settings
 
     settings = get_settings()
-    configure_logging(settings.log_format, loglevel or settings.log_level)  # type: ignore[arg-type]
+    level = _loglevel_from_command_line(loglevel) or settings.log_level
+    configure_logging(settings.log_format, level)  # type: ignore[arg-type]
     correlation.log_task_starts_if_enabled()
 
 
@@ -62,3 +63,23 @@ def _log_beat_schedule(**_: Any) -> None:
     }
     logging.getLogger("tasker.beat").info(
         "beat.started", extra={"schedule": schedule, "scheduler": app.conf.beat_scheduler})
+
+
+def _loglevel_from_command_line(loglevel: object) -> object:
+    """The ``-l/--loglevel`` a user gave, or None: then ``TASKER_LOG_LEVEL`` decides.
+
+    ``celery worker`` (and ``beat``) without ``-l`` passes its option's default,
+    ``WARNING``, to this signal as if it had been given; click says where the
+    value came from.
+    """
+    import click
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context(silent=True)
+    while ctx is not None:
+        if "loglevel" in ctx.params:
+            source = ctx.get_parameter_source("loglevel")
+            defaulted = source in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+            return None if defaulted else loglevel
+        ctx = ctx.parent
+    return loglevel  # not started from Celery's command line: the caller chose it
