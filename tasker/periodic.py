@@ -1,21 +1,24 @@
-"""tasker's own periodic work runs in the worker's MainProcess, never behind user work.
+"""tasker's own periodic work never waits behind user work.
 
 Beat publishes ``tasker.sample_fleet`` and ``tasker.recover_steps`` to a queue
-of their own (:func:`periodic_queue_name`), which no pool consumes. Every
+of their own (:func:`periodic_queue_name`), which no pool consumer reads. Every
 worker node's MainProcess consumes it with a separate channel (its own
 prefetch, so a node holding its full prefetch of user tasks still takes the
-next periodic message) and runs each message in a thread of its own:
+next periodic message at once). It was beat's messages waiting in ``celery``
+behind a backlog, and expiring there, that made ``tasker_queue_depth`` vanish
+exactly when a backlog formed.
 
-* it never waits in a queue behind user messages (it was beat's messages
-  waiting in ``celery`` behind a backlog, and expiring there, that made
-  ``tasker_queue_depth`` vanish exactly when a backlog formed);
-* it never waits for a free pool process: the MainProcess only dispatches
-  tasks, so pool processes busy with long tasks do not delay it. The round is
-  written into the node's own metrics directory, which that MainProcess serves.
-
-One round of each kind runs at a time per node; a message that arrives while
-the previous round of its kind still runs is dropped (the next interval brings
-a fresh one), as is a message past its ``expires``.
+* ``tasker.sample_fleet`` runs in a thread of the MainProcess: it never waits
+  for a free pool process, so pool processes busy with long tasks do not delay
+  it. The round is written into the node's own metrics directory, which that
+  MainProcess serves. One round at a time per node; a message that arrives
+  while the previous round still runs is dropped (the next interval brings a
+  fresh one), as is a message past its ``expires``.
+* ``tasker.recover_steps`` is handed to the node's pool like any task message
+  (it uses the process's database pool, which the MainProcess must not open:
+  its pool processes inherit whatever it holds at fork). It skips the backlog,
+  but waits for a free pool process: when all are busy with long tasks, the
+  steps it would re-publish could not start sooner either.
 """
 
 from __future__ import annotations
@@ -74,25 +77,31 @@ def _run_sample(headers: dict[str, Any]) -> None:
         sample_fleet.pop_request()
 
 
-def _run_recovery(headers: dict[str, Any]) -> None:
-    from tasker.workflows.engine import recover_steps
-
-    recover_steps.run()
-
-
+#: Run in a thread of the MainProcess.
 _RUNNERS: dict[str, Callable[[dict[str, Any]], None]] = {
     "tasker.sample_fleet": _run_sample,
-    "tasker.recover_steps": _run_recovery,
 }
+#: Handed to the pool, through the consumer's own task handler.
+_TO_POOL = frozenset({"tasker.recover_steps"})
 
 
 class PeriodicWork(bootsteps.ConsumerStep):
     """Consumer bootstep: the periodic queue, consumed by the MainProcess itself."""
 
+    # After the task consumer: its handler takes the messages meant for the pool.
+    requires = ("celery.worker.consumer:Connection", "celery.worker.consumer.tasks:Tasks")
+
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
         self._running: set[str] = set()
         self._lock = threading.Lock()
+        self._consumer: Any = None
+        self._to_pool: Callable[[Any], None] | None = None
+
+    def start(self, c: Any) -> None:
+        self._consumer = c
+        self._to_pool = None  # made again after a reconnect, as the task loop does
+        super().start(c)
 
     def get_consumers(self, channel: Any) -> list[Consumer]:
         from tasker.settings import get_settings
@@ -105,10 +114,16 @@ class PeriodicWork(bootsteps.ConsumerStep):
                          accept=["json"])]
 
     def _on_message(self, body: Any, message: Any) -> None:
-        # Runs in the worker's event loop: acknowledge, hand over, return.
-        message.ack()
+        # Runs in the worker's event loop: hand over and return.
         headers = dict(message.headers or {})
         task = headers.get("task")
+        if task in _TO_POOL:
+            if self._to_pool is None:
+                # Celery's own handler of task messages (what the task loop uses).
+                self._to_pool = self._consumer.create_task_handler()
+            self._to_pool(message)  # a task like any other from here on (acked when done)
+            return
+        message.ack()
         runner = _RUNNERS.get(task) if isinstance(task, str) else None
         if runner is None:
             logger.warning("periodic.unknown_task", extra={"task": str(task)[:200]})

@@ -37,7 +37,8 @@ def _depth_and_stamp(node) -> tuple[float | None, float, float]:
 def test_queue_depth_is_sampled_during_a_backlog(start_node, tmp_path: Path) -> None:
     with EmbeddedRedis(tmp_path / "redis") as server:
         url = f"redis://127.0.0.1:{server.port}/0"
-        env = {"TASKER_BROKER_URL": url, "TASKER_SAMPLE_INTERVAL": str(int(INTERVAL))}
+        env = {"TASKER_BROKER_URL": url, "TASKER_SAMPLE_INTERVAL": str(int(INTERVAL)),
+               "TASKER_RECOVERY_INTERVAL": str(int(INTERVAL))}
         node = start_node(queue="celery", env=env)
         client = redis.Redis.from_url(url)
 
@@ -112,3 +113,8 @@ def test_queue_depth_is_sampled_during_a_backlog(start_node, tmp_path: Path) -> 
         s = node.scrape()
         assert total(s, "tasker_tasks_revoked_total", task="tasker.sample_fleet") == 0
         assert total(s, "tasker_sample_skipped_total") == 0
+        # The recovery poller ran in the pool during the backlog, none expired.
+        span = drained_at - first_publish
+        assert total(s, "tasker_tasks_succeeded_total", task="tasker.recover_steps") >= \
+            span / INTERVAL - 3, span
+        assert total(s, "tasker_tasks_revoked_total", task="tasker.recover_steps") == 0
