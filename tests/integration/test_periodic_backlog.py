@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from support import REPO, total
+from support import REPO, total, wait_for
 
 from tasker.embedded import EmbeddedRedis
 
@@ -118,3 +118,26 @@ def test_queue_depth_is_sampled_during_a_backlog(start_node, tmp_path: Path) -> 
         assert total(s, "tasker_tasks_succeeded_total", task="tasker.recover_steps") >= \
             span / INTERVAL - 3, span
         assert total(s, "tasker_tasks_revoked_total", task="tasker.recover_steps") == 0
+
+
+@pytest.mark.timeout(120)
+def test_sampler_runs_while_every_pool_process_is_busy(start_node, tmp_path: Path) -> None:
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        url = f"redis://127.0.0.1:{server.port}/0"
+        node = start_node(queue="celery", concurrency=1,
+                          env={"TASKER_BROKER_URL": url, "TASKER_SAMPLE_INTERVAL": "30"})
+        from celery import Celery
+
+        publisher = Celery("publisher", broker=url)
+        for _ in range(10):  # more than the node prefetches: some wait in the queue
+            publisher.send_task("diagnostics.sleep", args=(60,), queue="celery")
+        wait_for(lambda: total(node.scrape(), "tasker_worker_tasks_active") == 1, timeout=30,
+                 message="the only pool process busy")
+        from tasker.periodic import PERIODIC_QUEUE
+
+        publisher.send_task("tasker.sample_fleet", queue=PERIODIC_QUEUE)  # where beat sends it
+        s = wait_for(lambda: (lambda s: s if total(s, "tasker_sample_up", source="broker") == 1
+                              else None)(node.scrape()), timeout=30, message="a sample")
+        assert total(s, "tasker_worker_tasks_active") == 1  # the long task still runs
+        assert s[("tasker_queue_depth", frozenset({("queue", "celery")}))] >= 1
+        node.stop(timeout=1)
