@@ -18,6 +18,7 @@ app.config_from_object("tasker.celeryconfig")
 
 # Imported for their side effect of connecting Celery signal receivers.
 from tasker import correlation, receipt, tracing, worker_process  # noqa: E402,F401
+from tasker.broker_health import BrokerConnected  # noqa: E402
 from tasker.broker_loss import SurviveBrokerLoss  # noqa: E402
 from tasker.flower_rows import FlowerRows  # noqa: E402
 from tasker.metrics import recording  # noqa: E402,F401
@@ -27,6 +28,7 @@ from tasker.periodic import PeriodicWork  # noqa: E402
 app.steps["worker"].add(TaskerMetricsStep)
 app.steps["consumer"].add(DecodeErrorCounter)
 app.steps["consumer"].add(SurviveBrokerLoss)
+app.steps["consumer"].add(BrokerConnected)  # /healthz: connected and consuming
 app.steps["consumer"].add(PeriodicWork)  # tasker's periodic work, in the MainProcess
 app.steps["consumer"].add(FlowerRows)  # the snapshot row by row on Flower's worker page
 

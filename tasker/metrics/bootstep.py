@@ -24,6 +24,7 @@ from celery.signals import worker_process_init, worker_process_shutdown
 from prometheus_client.mmap_dict import _INITIAL_MMAP_SIZE, MmapedDict
 
 from tasker import db
+from tasker.broker_health import CONNECTED_ATTRIBUTE
 from tasker.metrics import identity, recording
 from tasker.metrics.db_pool import PoolMetrics
 from tasker.metrics.directory import NodeDirectory, prepare_directory
@@ -130,8 +131,9 @@ def _worker_view(worker: Any) -> WorkerView:
         return count
 
     def broker_connected() -> bool:
+        # Kept up to date by the BrokerConnected consumer step (tasker.broker_health).
         consumer = getattr(worker, "consumer", None)
-        return consumer is not None and getattr(consumer, "connection", None) is not None
+        return bool(getattr(consumer, CONNECTED_ATTRIBUTE, False))
 
     pool_cls = getattr(worker, "pool_cls", "prefork")
     pool_name = getattr(pool_cls, "__module__", str(pool_cls)).rsplit(".", 1)[-1]
