@@ -35,7 +35,7 @@ pytestmark = pytest.mark.timeout(60)
 SYSTEM_PORTS = {6379, 5432}
 
 
-def _assert_gone(pids: list[int], within: float = 3.0) -> None:
+def _assert_gone(pids: list[int], within: float = 15.0) -> None:
     """Every pid has exited (orphaned backends may take a moment to be reaped by init)."""
     deadline = time.monotonic() + within
     alive = pids
@@ -153,8 +153,10 @@ def test_start_refuses_a_port_already_listening(tmp_path: Path) -> None:
         port = squatter.getsockname()[1]
         started = time.monotonic()
         with pytest.raises(EmbeddedServerError, match="already in use"):
-            EmbeddedRedis(tmp_path / "redis", port=port).start()
-        assert time.monotonic() - started < 2
+            EmbeddedRedis(tmp_path / "redis", port=port, start_timeout=60).start()
+        # Refused at once, not after waiting out the start deadline (no tighter
+        # bound: a loaded machine may take seconds for anything).
+        assert time.monotonic() - started < 30
 
 
 def test_redis_that_dies_at_start_gives_one_line_error(
@@ -240,7 +242,8 @@ def test_postgres_stop_with_open_client_is_prompt(pg_server: EmbeddedPostgres) -
         assert len(family) > 1  # postmaster plus backends/aux processes
         started = time.monotonic()
         pg_server.stop()
-        assert time.monotonic() - started < 5
+        # A fast shutdown: stop() never had to wait out its grace and escalate.
+        assert time.monotonic() - started < pg_server.stop_grace
         _assert_gone(family)
         with pytest.raises(psycopg.OperationalError):
             conn.execute("select 1")
@@ -284,10 +287,12 @@ def test_probes_say_false_when_nothing_listens() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     started = time.monotonic()
-    assert not redis_reachable(f"redis://127.0.0.1:{port}/0")
-    assert not postgres_reachable(f"postgresql://postgres:secret@127.0.0.1:{port}/postgres")
-    assert not redis_reachable("not a url")
-    assert time.monotonic() - started < 3
+    assert not redis_reachable(f"redis://127.0.0.1:{port}/0", timeout=30)
+    assert not postgres_reachable(f"postgresql://postgres:secret@127.0.0.1:{port}/postgres",
+                                  timeout=30)
+    assert not redis_reachable("not a url", timeout=30)
+    # A refused connection answers at once: far below the 30 s a probe may wait.
+    assert time.monotonic() - started < 30
 
 
 def test_redis_probe_rejects_a_postgres_server(pg_server: EmbeddedPostgres) -> None:
