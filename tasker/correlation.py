@@ -191,6 +191,14 @@ def _stamp_headers(headers: MutableMapping[str, Any] | None = None, **_: Any) ->
         headers[CORRELATION_HEADER] = cid or uuid7()
         if parent and not headers.get(PARENT_HEADER):
             headers[PARENT_HEADER] = parent
+    elif not headers.get(PARENT_HEADER):
+        # An id given the plain Celery way (``apply_async(headers=...)``): a new
+        # id inside running work is nested work, whose parent is that work; the
+        # running work's own id keeps the running work's parent.
+        cid, parent = _current_ids()
+        inherited = parent if given == cid else cid
+        if inherited:
+            headers[PARENT_HEADER] = inherited
     if PARENT_HEADER in headers and not is_valid_correlation_id(headers[PARENT_HEADER]):
         del headers[PARENT_HEADER]
 

@@ -215,6 +215,30 @@ def test_a_running_task_has_the_ids_of_its_message(running_task: Any) -> None:
     assert current_correlation_id() == cid
 
 
+def test_nested_work_published_the_plain_celery_way_names_its_parent(running_task: Any) -> None:
+    """``apply_async(headers={"tasker_correlation_id": new_id})`` inside a task (SPEC §7)."""
+    cid, parent = uuid7(), uuid7()
+    running_task(id="t3", **{CORRELATION_HEADER: cid, PARENT_HEADER: parent})
+    nested = uuid7()
+    headers: dict[str, Any] = {CORRELATION_HEADER: nested}
+    _stamp_headers(headers=headers)
+    assert headers[CORRELATION_HEADER] == nested
+    assert headers[PARENT_HEADER] == cid
+    same: dict[str, Any] = {CORRELATION_HEADER: cid}  # the same work, named explicitly
+    _stamp_headers(headers=same)
+    assert same[PARENT_HEADER] == parent
+    explicit = str(uuid.uuid4())
+    given: dict[str, Any] = {CORRELATION_HEADER: nested, PARENT_HEADER: explicit}
+    _stamp_headers(headers=given)
+    assert given[PARENT_HEADER] == explicit  # an explicit parent wins
+
+
+def test_a_valid_id_given_outside_any_work_gets_no_parent() -> None:
+    headers: dict[str, Any] = {CORRELATION_HEADER: uuid7()}
+    _stamp_headers(headers=headers)
+    assert PARENT_HEADER not in headers
+
+
 def test_a_running_task_without_an_id_gets_one_that_lasts_the_whole_run(
         running_task: Any) -> None:
     running_task(id="t2", **{PARENT_HEADER: "not-a-uuid"})
