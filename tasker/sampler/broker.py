@@ -5,9 +5,11 @@ bounded timeouts), samples every queue, and closes it again. Transports:
 
 * Redis (``redis://``, ``rediss://``, ``sentinel://``): kombu keeps each
   priority level of a queue in its own list, so every level is read. One
-  round trip reads all of them (one server-side script, plus the unacked hash); a second one
-  is made only when unacked messages were published through a named
-  exchange and the exchange's binding table is needed to map them to queues.
+  round trip runs two server-side scripts: the levels of every queue, and the
+  unacked count per route (see ``_UNACKED_SCRIPT``: message bodies are read
+  once per delivery, never per sample); a second one is made only when
+  unacked messages were published through a named exchange and the
+  exchange's binding table is needed to map them to queues.
 * AMQP (``amqp://``, py-amqp): one passive ``queue.declare`` per queue.
 
 ``None`` in a sample means the broker does not tell (or there is no message);
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import re
 import time
@@ -39,6 +42,18 @@ __all__ = [
 
 #: Message header (float, Unix seconds) stamped by tasker's ``before_task_publish``.
 PUBLISHED_AT_HEADER = "tasker_published_at"
+
+logger = logging.getLogger("tasker.sampler")
+
+#: New unacked deliveries whose body one sample reads, at most (bounds the Redis
+#: time of a sample; a backlog of new deliveries is worked off over several
+#: samples, and ``unacked`` is unknown, not a guess, until it is).
+UNACKED_BATCH = 1000
+#: Seconds of delivery stamps re-read when deliveries appear behind the cursor
+#: (workers' clocks stamp them, and clocks differ a little).
+UNACKED_LOOKBACK = 10.0
+#: Separator of exchange and routing key in a route (neither contains it).
+_ROUTE_SEP = "\x1f"
 
 # A sampler must never hang a beat task: cap the caller's timeouts (a smaller
 # value the caller configured is kept).
@@ -136,20 +151,25 @@ def _sample_redis(
     with client.pipeline(transaction=False) as pipe:  # both in one round trip
         pipe.eval(_LEVELS_SCRIPT, len(keys), *keys, *[len(ks) for ks in levels.values()])
         if chan.ack_emulation:
-            pipe.hvals(prefix + chan.unacked_key)
-        replies, *rest = pipe.execute()
-    unacked_values = rest[0] if rest else None
+            unacked_key = prefix + chan.unacked_key
+            pipe.eval(_UNACKED_SCRIPT, 3, unacked_key, prefix + chan.unacked_index_key,
+                      unacked_key + ".tasker.", UNACKED_BATCH, UNACKED_LOOKBACK)
+        # Errors per command: a wrongly typed key costs only what it holds.
+        replies, *rest = pipe.execute(raise_on_error=False)
+    if isinstance(replies, Exception):
+        raise replies
 
     unacked: dict[str, int] | None = None
-    if unacked_values is not None:
-        unacked = _redis_unacked_by_queue(
-            client, unacked_values, queues, prefix + chan.keyprefix_queue, chan.sep
-        )
+    if rest:
+        unacked = _unacked_from_reply(client, rest[0], queues, prefix + chan.keyprefix_queue,
+                                      chan.sep)
 
     out: dict[str, QueueSample] = {}
     for queue, (depth, head) in zip(levels, _pairs(replies), strict=True):
         if depth < 0:
-            continue  # a key of another type: this queue cannot be read, the rest can
+            # A key of another type: this queue cannot be read, the rest can.
+            _count_queue_error(queue, "a priority-level key of the queue is not a list")
+            continue
         stamp = _published_at(head)
         out[queue] = QueueSample(
             queue=queue,
@@ -160,6 +180,41 @@ def _sample_redis(
             consumers=None,  # Redis does not know who BRPOPs a list.
         )
     return out
+
+
+def _count_queue_error(queue: str, reason: str) -> None:
+    """One queue could not be sampled: log it and count it, the others go on."""
+    logger.warning("sample.queue_failed", extra={"queue": queue, "reason": reason})
+    try:
+        from tasker.metrics import recording
+
+        recorder = recording.current()
+        if recorder is not None:
+            recorder.child(recorder.metrics.metrics_errors, "sample_queue").inc()
+    except Exception:  # noqa: BLE001 - counting must never fail a sample
+        logger.debug("sample.queue_error_not_counted", exc_info=True)
+
+
+def _unacked_from_reply(client: Any, reply: Any, queues: list[str], binding_key_fmt: str,
+                        sep: str) -> dict[str, int] | None:
+    """Unacked count per queue from ``_UNACKED_SCRIPT``'s reply; None when not exact."""
+    if isinstance(reply, Exception) or not reply or reply[0] != b"ok":
+        reason = str(reply) if isinstance(reply, Exception) else "kombu's unacked hash or " \
+            "index has the wrong type"
+        for queue in queues:  # unknown for every queue; depths stay
+            _count_queue_error(queue, f"unacked unknown: {reason}")
+        return None
+    if int(reply[1]) > 0:
+        # Deliveries not yet attributed (a first sample, or a burst bigger than
+        # UNACKED_BATCH): the counts would be low, so they are left out.
+        return None
+    routes: Counter[tuple[str, str]] = Counter()
+    for i in range(2, len(reply), 2):
+        route, count = reply[i].decode("utf-8", "replace"), int(reply[i + 1])
+        if _ROUTE_SEP in route:
+            exchange, routing_key = route.split(_ROUTE_SEP, 1)
+            routes[(exchange, routing_key)] += count
+    return _count_routes(client, routes, queues, binding_key_fmt, sep)
 
 
 def _pairs(replies: list[Any]) -> list[tuple[int, bytes | None]]:
@@ -203,6 +258,101 @@ def _level_keys(queue: str, priority_steps: Iterable[int], sep: str) -> list[str
     return [f"{queue}{sep}{step}" if step else queue for step in priority_steps]
 
 
+#: KEYS: kombu's unacked hash, its unacked_index zset (tag -> delivery time),
+#: and the prefix of this script's own keys. ARGV: batch, lookback seconds.
+#: Returns {"ok", unattributed, route, count, route, count, ...} or {"wrongtype"}.
+#:
+#: The hash holds every unacked message body (HVALS of 50,000 held 2 KB
+#: messages moves 100 MB and blocks Redis for ~40-100 ms). A delivery's route
+#: (exchange, routing key) never changes, so it is read once: a mirror keeps,
+#: per route, a zset of the delivery tags seen (scored like unacked_index), and
+#: a cursor remembers the newest delivery time attributed. Each sample:
+#:
+#: * attributes at most ``batch`` deliveries newer than the cursor (HGET of
+#:   the body, exchange and routing key cut from its tail: kombu stores
+#:   ``json([message, exchange, routing_key])``);
+#: * counts per route the tags still in unacked_index (ZINTERCARD, in C, no
+#:   body read; about 8 ms for 50,000), and how many index entries are not
+#:   attributed yet (the index's size minus those counts): when that is not
+#:   0 (a backlog, or a worker whose clock is behind stamped a delivery
+#:   before the cursor; the cursor then steps back ``lookback``
+#:   seconds), the caller reports unacked as unknown rather than low;
+#: * drops mirror entries older than the oldest unacked delivery (acked).
+_UNACKED_SCRIPT = r"""
+local hash, index, m = KEYS[1], KEYS[2], KEYS[3]
+local th, ti = redis.call('TYPE', hash)['ok'], redis.call('TYPE', index)['ok']
+if (th ~= 'hash' and th ~= 'none') or (ti ~= 'zset' and ti ~= 'none') then
+  return {'wrongtype'}
+end
+local seen, routes, cursor_key = m .. 'seen', m .. 'routes', m .. 'cursor'
+local batch, lookback = tonumber(ARGV[1]), tonumber(ARGV[2])
+local function intercard(a, b)
+  local n = redis.pcall('ZINTERCARD', 2, a, b)
+  if type(n) == 'table' and n.err then  -- Redis < 7: count through a scratch key
+    local tmp = m .. 'tmp'
+    redis.call('ZINTERSTORE', tmp, 2, a, b, 'WEIGHTS', 1, 0)
+    n = redis.call('ZCARD', tmp)
+    redis.call('DEL', tmp)
+  end
+  return n
+end
+local function route_of(v)
+  local ex, rk = string.match(string.sub(v, -512),
+    '}%s*,%s*"([^"\\]*)"%s*,%s*"([^"\\]*)"%s*%]%s*$')
+  if ex then return ex .. '\31' .. rk end
+  local ok, d = pcall(cjson.decode, v)
+  if not ok or type(d) ~= 'table' then return '!' end
+  ex, rk = d[2], d[3]
+  if type(ex) ~= 'string' then ex = '' end
+  if type(rk) ~= 'string' then rk = '' end
+  return ex .. '\31' .. rk
+end
+local cursor = redis.call('GET', cursor_key)
+local from = '-inf'
+if cursor then from = '(' .. cursor end
+local new = redis.call('ZRANGEBYSCORE', index, from, '+inf', 'WITHSCORES', 'LIMIT', 0, batch)
+for i = 1, #new, 2 do
+  local tag, score = new[i], new[i + 1]
+  if not redis.call('ZSCORE', seen, tag) then
+    local v = redis.call('HGET', hash, tag)
+    local route = '!'  -- no body (being acked right now), or not kombu's format
+    if v then route = route_of(v) end
+    redis.call('ZADD', seen, score, tag)
+    redis.call('ZADD', m .. 'r:' .. route, score, tag)
+    redis.call('SADD', routes, route)
+  end
+  cursor = score
+end
+local oldest = redis.call('ZRANGE', index, 0, 0, 'WITHSCORES')[2]
+local counts, attributed = {}, 0
+for _, route in ipairs(redis.call('SMEMBERS', routes)) do
+  local key = m .. 'r:' .. route
+  if oldest then redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. oldest) end
+  if not oldest or redis.call('ZCARD', key) == 0 then
+    redis.call('DEL', key)
+    redis.call('SREM', routes, route)
+  else
+    local n = intercard(index, key)
+    attributed = attributed + n
+    counts[#counts + 1] = route
+    counts[#counts + 1] = n
+  end
+end
+if oldest then redis.call('ZREMRANGEBYSCORE', seen, '-inf', '(' .. oldest)
+else redis.call('DEL', seen) end
+-- Every attributed tag is in exactly one route set: the rest of the index is not.
+local unattributed = redis.call('ZCARD', index) - attributed
+if unattributed > 0 and #new < 2 * batch and cursor then
+  -- Entries behind the cursor: step back so the next samples pick them up.
+  cursor = tostring(tonumber(cursor) - lookback)
+end
+if cursor then redis.call('SET', cursor_key, cursor) end
+local out = {'ok', unattributed}
+for i = 1, #counts do out[#out + 1] = counts[i] end
+return out
+"""
+
+
 def _published_at(raw: bytes | None) -> float | None:
     """The ``tasker_published_at`` header of a raw kombu Redis message, if any."""
     if not raw:
@@ -222,18 +372,17 @@ def _published_at(raw: bytes | None) -> float | None:
     return float(stamp) if math.isfinite(stamp) else None
 
 
-def _redis_unacked_by_queue(
+def _count_routes(
     client: Any,
-    values: list[bytes],
+    routes: Counter[tuple[str, str]],
     queues: list[str],
     binding_key_fmt: str,
     sep: str,
 ) -> dict[str, int]:
-    """Count the entries of kombu's unacked hash per queue.
+    """Map unacked counts per ``(exchange, routing_key)`` to queues.
 
-    Each value is ``json([message, exchange, routing_key])`` (kombu's
-    ``QoS.append``): the queue it came from is not recorded, so it is mapped
-    back the way kombu restores it (``Channel._lookup``):
+    kombu's unacked hash does not record the queue a message came from, so it
+    is mapped back the way kombu restores it (``Channel._lookup``):
 
     * exchange ``""`` (Celery's default for ``task_create_missing_queues``
       and ``send_task(queue=...)``): the routing key is the queue;
@@ -245,15 +394,7 @@ def _redis_unacked_by_queue(
       looks like a direct one here; Celery's fanout consumers do not ack.
 
     A message whose routing matches several queues counts under each of them.
-    The hash is read (HVALS) and decoded once per call, whatever the number
-    of queues.
     """
-    routes: Counter[tuple[str, str]] = Counter()
-    for value in values:
-        route = _unacked_route(value)
-        if route is not None:
-            routes[route] += 1
-
     exchanges = sorted({ex for ex, _ in routes if ex})
     tables: dict[str, list[list[str]]] = {}
     if exchanges:
