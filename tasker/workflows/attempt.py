@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import socket
 import time
 import traceback
 from collections.abc import Callable
 from typing import Any
 
+import psutil
 import psycopg
 from psycopg.pq import TransactionStatus
 
@@ -41,6 +44,8 @@ logger = logging.getLogger("tasker.workflows")
 #: held longer than this is a running attempt, and a duplicate must not wait
 #: for it; the tries only cover a killed attempt's session ending.
 LEASE_TRIES = (0.0, 0.05, 0.15)
+#: Pauses (s) for the lease after ending the backend of a dead holder.
+TAKEOVER_TRIES = (0.05, 0.1, 0.2, 0.4)
 
 #: ``\u0000`` in JSON text, not preceded by an escaped backslash: PostgreSQL's
 #: jsonb rejects it (it cannot store NUL in text).
@@ -79,7 +84,7 @@ def run(step_uuid: str, path: str, publish: Publish, retry_delay: Callable[[int]
     """
     key = records.lease_key(step_uuid)
     with db.connection() as conn:
-        if not _take_lease(conn, key):
+        if not _take_lease(conn, key, step_uuid):
             return "busy", None, None
         try:
             return _run_leased(conn, step_uuid, publish, retry_delay, on_execution)
@@ -87,14 +92,64 @@ def run(step_uuid: str, path: str, publish: Publish, retry_delay: Callable[[int]
             _release_lease(conn, key)
 
 
-def _take_lease(conn: psycopg.Connection, key: int) -> bool:
+def owner() -> str:
+    """What a claim records as ``claimed_by``: this process, ``<hostname>:<pid>``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _take_lease(conn: psycopg.Connection, key: int, step_uuid: str | None = None) -> bool:
     for pause in LEASE_TRIES:
         time.sleep(pause)
         taken = conn.execute("SELECT pg_try_advisory_lock(%s)", [key]).fetchone()[0]
         conn.commit()  # a session lock outlives the transaction
         if taken:
             return True
+    if step_uuid is not None and _end_orphaned_holder(conn, step_uuid):
+        for pause in TAKEOVER_TRIES:
+            time.sleep(pause)
+            taken = conn.execute("SELECT pg_try_advisory_lock(%s)", [key]).fetchone()[0]
+            conn.commit()
+            if taken:
+                return True
     return False
+
+
+def _end_orphaned_holder(conn: psycopg.Connection, step_uuid: str) -> bool:
+    """End the backend holding the lease when its process, on this host, is gone.
+
+    A SIGKILLed pool process whose backend is inside a query (a handler's
+    ``pg_sleep``) keeps its lease until that query ends: PostgreSQL learns of
+    the dead client only when it next talks to it. The requeued delivery
+    (``reject_on_worker_lost``) usually lands on the same node, which can tell
+    the process is gone. A holder on another host is left alone (the poller
+    takes over once its session has ended).
+    """
+    holder = records.lease_holder(conn, step_uuid)
+    conn.commit()
+    if holder is None or not holder[0]:
+        return False
+    # claimed_by = host:pid:backend. The backend must be the lease holder's:
+    # a new attempt may hold the lease a moment before its claim is written.
+    owner_part, _, backend = holder[0].rpartition(":")
+    host, _, pid = owner_part.rpartition(":")
+    if (backend != str(holder[1]) or host != socket.gethostname() or not pid.isdigit()
+            or _alive(int(pid))):
+        return False
+    ended = conn.execute("SELECT pg_terminate_backend(%s)", [holder[1]]).fetchone()[0]
+    conn.commit()
+    if ended:
+        logger.warning("workflow.orphaned_attempt_ended", extra={
+            "step_uuid": step_uuid, "claimed_by": holder[0], "backend_pid": holder[1]})
+    return bool(ended)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:  # AccessDenied: someone else's process, alive
+        return True
 
 
 def _release_lease(conn: psycopg.Connection, key: int) -> None:
@@ -112,13 +167,13 @@ def _release_lease(conn: psycopg.Connection, key: int) -> None:
 def _run_leased(conn: psycopg.Connection, step_uuid: str, publish: Publish,
                 retry_delay: Callable[[int], float], on_execution: Callable[[str], None]
                 ) -> tuple[str, records.Claim | None, tuple[str, float] | None]:
-    claim = records.claim_step(conn, step_uuid)
+    claim = records.claim_step(conn, step_uuid, owner())
     conn.commit()  # the attempt is counted before anything can go wrong
     if claim.outcome != "claimed":
-        log = logger.error if claim.outcome == "exhausted" else logger.info
-        log(f"workflow.step_{claim.outcome}", extra={
-            "step_uuid": step_uuid, "step": claim.name, "state": claim.state,
-            "attempt": claim.attempt, "max_attempts": claim.max_attempts})
+        if claim.outcome == "exhausted":  # the others are duplicates, logged by the caller
+            logger.error("workflow.step_exhausted", extra={
+                "step_uuid": step_uuid, "task_uuid": claim.task_uuid, "step": claim.name,
+                "attempt": claim.attempt, "max_attempts": claim.max_attempts})
         return claim.outcome, claim, claim.finalized
     try:
         wf = get_workflow(claim.workflow)

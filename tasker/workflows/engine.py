@@ -181,7 +181,7 @@ def run_step(self: Any, step_uuid: str) -> str:
     t0 = time.perf_counter()
     outcome, claim, finalized = attempt.run(step_uuid, path, _publish, retry_delay,
                                             on_execution)
-    if outcome in ("busy", "unknown", "stale", "raced"):
+    if outcome in ("busy", "unknown", "stale", "raced", "early"):
         logger.info("workflow.step_duplicate", extra={"step_uuid": step_uuid,
                                                       "outcome": outcome})
         return outcome
@@ -246,6 +246,10 @@ def recover_steps() -> int:
             chosen: list[records.Candidate] = []
             if candidates:
                 held = records.held_leases(conn)
+                # A running step whose lease is held is alive: no reason to read the queue.
+                candidates = [c for c in candidates if c.state != "running"
+                              or records.lease_key(c.uuid) not in held]
+            if candidates:
                 try:
                     waiting = inflight.waiting_steps(settings.step_queue)
                 except Exception as exc:  # noqa: BLE001 - broker down: nothing can be published

@@ -34,7 +34,8 @@ from psycopg.types.json import Jsonb
 from tasker.workflows.definition import Workflow
 
 __all__ = ["Claim", "Candidate", "insert_request", "find_by_key", "lease_key",
-           "held_leases", "claim_step", "dependency_results", "complete_step", "lock_task",
+           "held_leases", "lease_holder", "claim_step", "dependency_results", "complete_step",
+           "lock_task",
            "dispatch_ready", "record_failed_attempt", "finalize", "overdue_candidates",
            "mark_redispatched", "counts_by_state", "find_tasks", "steps_of",
            "OPEN_TASK_STATES", "OPEN_STEP_STATES", "TERMINAL_STEP_STATES"]
@@ -44,6 +45,9 @@ OPEN_TASK_STATES = ("pending", "in_progress")
 OPEN_STEP_STATES = ("waiting", "dispatched", "running", "waiting_retry")
 #: A step in one of these never runs again.
 TERMINAL_STEP_STATES = ("complete", "error", "cancelled")
+#: Seconds a retry may be claimed before it is due (clocks of the publisher,
+#: the worker and PostgreSQL differ a little).
+EARLY_SLACK_SECONDS = 1.0
 #: States a delivered message may claim ('running': the previous attempt is
 #: dead, which the caller proved by taking the lease).
 _CLAIMABLE = ("dispatched", "waiting_retry", "running")
@@ -55,9 +59,10 @@ class Claim:
 
     ``outcome``: ``claimed`` (run the handler as attempt ``attempt``),
     ``unknown`` (no such step), ``stale`` (terminal, or its task is
-    finalized: a late duplicate), ``raced`` (claimed or re-dispatched by
-    another process meanwhile), ``exhausted`` (its last attempt was lost: now
-    ``error`` and the task finalized, see ``finalized``).
+    finalized: a late duplicate), ``early`` (a retry not due yet), ``raced``
+    (claimed or re-dispatched by another process meanwhile), ``exhausted``
+    (its last attempt was lost: now ``error`` and the task finalized, see
+    ``finalized``).
     """
 
     outcome: str
@@ -154,8 +159,22 @@ def held_leases(conn: psycopg.Connection) -> set[int]:
 # -------------------------------------------------------------- one attempt
 
 
-def claim_step(conn: psycopg.Connection, step_uuid: str) -> Claim:
+def lease_holder(conn: psycopg.Connection, step_uuid: str) -> tuple[str | None, int] | None:
+    """(``claimed_by`` of the step, backend pid holding its lease), or None when free."""
+    unsigned = lease_key(step_uuid) & 0xFFFF_FFFF_FFFF_FFFF
+    return conn.execute(
+        "SELECT s.claimed_by, l.pid FROM pg_locks l JOIN tasker_steps s ON s.uuid = %s"
+        " WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted"
+        " AND l.classid::bigint = %s AND l.objid::bigint = %s"
+        " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        [step_uuid, unsigned >> 32, unsigned & 0xFFFF_FFFF]).fetchone()
+
+
+def claim_step(conn: psycopg.Connection, step_uuid: str, owner: str = "") -> Claim:
     """Count and start an attempt of the step (call holding its lease; commit at once).
+
+    ``owner`` (``<hostname>:<pid>``) and the session's backend pid are recorded
+    as ``claimed_by``.
 
     A step found ``running`` lost its previous attempt (the caller holds the
     lease, so nobody runs it): that attempt was counted when it was claimed.
@@ -166,9 +185,10 @@ def claim_step(conn: psycopg.Connection, step_uuid: str) -> Claim:
             "SELECT s.uuid::text, s.task_uuid::text, s.name, s.state, s.attempts,"
             " s.max_attempts, s.updated_at, t.namespace || '.' || t.name AS workflow,"
             " s.correlation_id::text, s.parent_correlation_id::text, t.state AS task_state,"
-            " t.context, s.depends_on FROM tasker_steps s"
+            " t.context, s.depends_on, s.next_attempt_at > now() + make_interval(secs => %s)"
+            " AS early FROM tasker_steps s"
             " JOIN tasker_tasks t ON t.uuid = s.task_uuid WHERE s.uuid = %s",
-            [step_uuid]).fetchone()
+            [EARLY_SLACK_SECONDS, step_uuid]).fetchone()
     if row is None:
         return Claim("unknown", uuid=step_uuid)
     common = {"uuid": row["uuid"], "task_uuid": row["task_uuid"], "name": row["name"],
@@ -177,6 +197,10 @@ def claim_step(conn: psycopg.Connection, step_uuid: str) -> Claim:
               "parent_correlation_id": row["parent_correlation_id"]}
     if row["state"] not in _CLAIMABLE or row["task_state"] not in OPEN_TASK_STATES:
         return Claim("stale", attempt=row["attempts"], **common)
+    if row["state"] == "waiting_retry" and row["early"]:
+        # An older copy arriving before the retry is due: the retry's own
+        # message (or the poller, after the deadline) runs it at its time.
+        return Claim("early", attempt=row["attempts"], **common)
     version: datetime = row["updated_at"]
     if row["attempts"] >= row["max_attempts"]:
         # Its last attempt was claimed and never finished: lost for good.
@@ -201,9 +225,10 @@ def claim_step(conn: psycopg.Connection, step_uuid: str) -> Claim:
     claimed = conn.execute(
         "UPDATE tasker_steps SET state = 'running', attempts = attempts + 1,"
         " claimed_at = clock_timestamp(), started_at = COALESCE(started_at, clock_timestamp()),"
-        " updated_at = clock_timestamp(), error = COALESCE(%s, error)"
+        " updated_at = clock_timestamp(), error = COALESCE(%s, error),"
+        " claimed_by = %s || ':' || pg_backend_pid()"
         " WHERE uuid = %s AND updated_at = %s RETURNING attempts",
-        [lost, step_uuid, version]).fetchone()
+        [lost, owner, step_uuid, version]).fetchone()
     if claimed is None:
         return Claim("raced", attempt=row["attempts"], **common)
     return Claim("claimed", attempt=claimed[0], context=row["context"],
