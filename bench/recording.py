@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         from tasker.metrics.definitions import create_metrics
         from tasker.metrics.node_state import FILE_NAME, NodeState
 
+        from tasker.settings import get_settings
+
+        get_settings()  # read once, as a worker does before it claims its directory
         bootstep._use_multiprocess_values(directory)
         metrics = create_metrics()
         path = os.path.join(directory, FILE_NAME)

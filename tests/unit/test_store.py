@@ -486,16 +486,28 @@ def test_an_entry_not_yet_visible_ends_the_parse_without_dropping_the_file(
     assert "metrics.file_corrupt" in caplog.text
 
 
-def test_a_live_counter_is_never_reported_lower_than_it_was_read(tmp_path: Path) -> None:
-    """However the bytes were copied, a reading never shows a counter reset."""
-    path = tmp_path / "counter_1-1.db"
-    path.write_bytes(db_bytes({_key("a"): 10.0, _key("b"): 5.0}))
+def test_a_live_counter_is_never_reported_lower_than_it_was_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A copy taken while a writer was at work (the two reads differ) never shows a reset."""
+    from tasker.metrics import store as store_module
+
+    copies: list[tuple[bytes, bool]] = []
+
+    def read_used(path: str) -> tuple[bytes, int, bool]:
+        data, settled = copies.pop(0)
+        return data, len(data), settled
+
+    monkeypatch.setattr(store_module, "_read_used", read_used)
     store = MetricStore(str(tmp_path), is_alive=lambda owner: True)
+    (tmp_path / "counter_1-1.db").write_bytes(b"")  # the name the scan finds
+    copies.append((db_bytes({_key("a"): 10.0, _key("b"): 5.0}), True))
     assert store.read().sum_of("tt_tasks_total") == 15.0
-    path.write_bytes(db_bytes({_key("a"): 0.0, _key("b"): 6.0}))  # "a" torn to 0
+    copies.append((db_bytes({_key("a"): 0.0, _key("b"): 6.0}), False))  # "a" torn to 0
     assert store.read().by_label("tt_tasks_total", "task") == {"a": 10.0, "b": 6.0}
-    path.write_bytes(db_bytes({_key("a"): 11.0, _key("b"): 6.0, _key("c"): 1.0}))
+    copies.append((db_bytes({_key("a"): 11.0, _key("b"): 6.0, _key("c"): 1.0}), False))
     assert store.read().by_label("tt_tasks_total", "task") == {"a": 11.0, "b": 6.0, "c": 1.0}
+    copies.append((db_bytes({_key("a"): 12.0, _key("b"): 7.0, _key("c"): 2.0}), True))
+    assert store.read().by_label("tt_tasks_total", "task") == {"a": 12.0, "b": 7.0, "c": 2.0}
 
 
 def test_a_live_gauge_may_go_down(tmp_path: Path) -> None:
