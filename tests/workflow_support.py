@@ -104,6 +104,11 @@ def _sleep_and_record(ctx):
     return {"slept": True}
 
 
+def _fail_now(ctx):
+    _ran(ctx)
+    raise RuntimeError("fails on purpose")
+
+
 def _after(ctx):
     _ran(ctx)
     return {"after": True}
@@ -125,6 +130,11 @@ def _declare_poison() -> dict[str, object]:
             Step("left", _sleep_and_record), Step("right", _sleep_and_record),
             Step("join", _after, after=["left", "right"])]),
         "hold": Workflow("poison", "hold", steps=[Step("hold", _sleep_and_record)]),
+        # One root fails for good while its sibling root still runs: the task is
+        # finalized and the sibling, cancelled, must leave no effect behind.
+        "fail_beside_slow": Workflow("poison", "fail_beside_slow", steps=[
+            Step("slow", _sleep_and_record), Step("fail", _fail_now, max_attempts=1),
+            Step("join", _after, after=["slow", "fail"])]),
     }
 
 

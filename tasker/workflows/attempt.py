@@ -183,9 +183,18 @@ def _run_leased(conn: psycopg.Connection, step_uuid: str, publish: Publish,
         reason = (f"UnknownWorkflowError: {exc}" if isinstance(exc, UnknownWorkflowError)
                   else f"UnknownStepError: workflow {claim.workflow} has no step {claim.name!r}")
         return _fail(conn, claim, reason, publish, None)
-    on_execution(wf.full_name)
     try:
+        # This opens the attempt's transaction, which the handler's savepoint
+        # needs: on an idle connection ``conn.transaction()`` would BEGIN and
+        # COMMIT by itself, committing a root step's effects before its
+        # completion. It also checks the claim stands (the task may have been
+        # finalized since).
+        if not records.still_claimed(conn, claim):
+            conn.rollback()
+            return "cancelled", claim, None
+        assert conn.info.transaction_status == TransactionStatus.INTRANS
         results = records.dependency_results(conn, claim.task_uuid, spec.after)
+        on_execution(wf.full_name)
         try:
             with conn.transaction():  # a savepoint: the handler's effects
                 result = spec.handler(StepContext(

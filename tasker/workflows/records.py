@@ -34,8 +34,8 @@ from psycopg.types.json import Jsonb
 from tasker.workflows.definition import Workflow
 
 __all__ = ["Claim", "Candidate", "insert_request", "find_by_key", "lease_key",
-           "held_leases", "lease_holder", "claim_step", "dependency_results", "complete_step",
-           "lock_task",
+           "held_leases", "lease_holder", "claim_step", "still_claimed", "dependency_results",
+           "complete_step", "lock_task",
            "dispatch_ready", "record_failed_attempt", "finalize", "overdue_candidates",
            "mark_redispatched", "counts_by_state", "find_tasks", "steps_of",
            "OPEN_TASK_STATES", "OPEN_STEP_STATES", "TERMINAL_STEP_STATES"]
@@ -233,6 +233,12 @@ def claim_step(conn: psycopg.Connection, step_uuid: str, owner: str = "") -> Cla
         return Claim("raced", attempt=row["attempts"], **common)
     return Claim("claimed", attempt=claimed[0], context=row["context"],
                  depends_on=tuple(row["depends_on"]), task_started=started, **common)
+
+
+def still_claimed(conn: psycopg.Connection, claim: Claim) -> bool:
+    """The step is still ``running`` under this claim's attempt."""
+    return conn.execute("SELECT 1 FROM tasker_steps WHERE uuid = %s AND state = 'running'"
+                        " AND attempts = %s", [claim.uuid, claim.attempt]).fetchone() is not None
 
 
 def dependency_results(conn: psycopg.Connection, task_uuid: str,

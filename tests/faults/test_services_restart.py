@@ -428,7 +428,6 @@ def test_postgres_restart_under_load(start_node: Callable[..., WorkerNode],
     # the failure could be recorded once the server was back, else by the recovery
     # poller (issue [2.2]). hold (aborted), hold (again), after.
     assert total(s, "tasker_step_executions_total", workflow="diagnostics.slow") >= 3
-    assert total(s, "tasker_step_executions_total", path="poll") >= polled
     assert total(s, "tasker_workflow_steps_dispatched_total", path="poll") >= polled
     # Pools hold live connections again.
     assert total(s, "tasker_db_pool_size") >= 1

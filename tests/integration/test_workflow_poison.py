@@ -144,3 +144,30 @@ def test_results_postgresql_cannot_store_are_refused_before_writing() -> None:
             encode_result(bad)
     assert encode_result({"text": "a\\u0000b"}) == '{"text": "a\\\\u0000b"}'  # an escaped slash
     assert encode_result(None) == "null"
+
+
+def test_a_step_cancelled_while_it_runs_leaves_no_effect(start_node, step_queue, database_url,
+                                                          tmp_path: Path) -> None:
+    from tasker.workflows.engine import submit
+
+    start_node(queue=step_queue, concurrency=2, env=poison_env(step_queue),
+               extra_args=POISON_ARGS)
+    runs_file = tmp_path / "runs"
+    task_uuid = submit("poison.fail_beside_slow", {"seconds": 1.5,
+                                                   "runs_file": str(runs_file)}).task_uuid
+    wait_for(lambda: _finished(database_url, [task_uuid]), timeout=60, interval=0.2,
+             message="the request finalized")
+    wait_for(lambda: "slow 1" in runs(runs_file), timeout=30, message="the slow root ran")
+    # The slow root finishes after its task failed: it is cancelled, its effects rolled back.
+    wait_for(lambda: not open_work_mismatch(database_url), timeout=30, message="steps closed")
+    import time
+
+    time.sleep(2.0)  # past the slow root's end
+    steps = _steps(database_url, task_uuid)
+    assert task_records(database_url, [task_uuid])[task_uuid][1] == "error"
+    assert steps["fail"][0] == "error" and steps["slow"][0] == "cancelled", steps
+    assert steps["join"][0] == "cancelled", steps
+    with psycopg.connect(database_url) as conn:
+        ledger = conn.execute("SELECT count(*) FROM tasker_workflow_ledger WHERE task_uuid = %s",
+                              [task_uuid]).fetchone()[0]
+    assert ledger == 0  # a cancelled step has no effects
