@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import mmap
 import os
 import sys
 import threading
@@ -21,7 +22,7 @@ from typing import Any
 
 from celery import bootsteps
 from celery.signals import worker_process_init, worker_process_shutdown
-from prometheus_client.mmap_dict import _INITIAL_MMAP_SIZE, MmapedDict
+from prometheus_client.mmap_dict import MmapedDict
 
 from tasker import db
 from tasker.broker_health import CONNECTED_ATTRIBUTE
@@ -60,14 +61,17 @@ def _use_multiprocess_values(directory: str) -> None:
 
 
 class AllocatedMmapedDict(MmapedDict):
-    """prometheus_client's ``MmapedDict`` with its file's blocks allocated before use.
+    """prometheus_client's ``MmapedDict`` with the pages it writes allocated before use.
 
     prometheus_client sizes its files with ``truncate()``, which leaves them
     sparse. On a full file system (a size-limited tmpfs, the usual home of
     the directory) the first write into an unallocated page of the map then
     kills the process with SIGBUS: a pool process, or the MainProcess and so
     the whole node. ``posix_fallocate`` first turns that into ``OSError``
-    (ENOSPC) when a file is opened or grown, which the callers handle.
+    (ENOSPC) when a file is opened or an entry added, which the callers
+    handle. Only the pages up to the end of the last entry are allocated (a
+    file's header page first, then page by page as entries are added), never
+    the whole mapped capacity: on a tmpfs every allocated page is memory.
     """
 
     def __init__(self, filename: str, read_mode: bool = False) -> None:
@@ -76,7 +80,7 @@ class AllocatedMmapedDict(MmapedDict):
             size = 0
             try:
                 size = os.fstat(fd).st_size
-                os.posix_fallocate(fd, 0, max(size, _INITIAL_MMAP_SIZE))
+                os.posix_fallocate(fd, 0, _PAGE)  # the header's page
             except OSError:
                 if size == 0:  # created just now: leave no empty file behind
                     os.unlink(filename)
@@ -86,15 +90,15 @@ class AllocatedMmapedDict(MmapedDict):
         super().__init__(filename, read_mode)
 
     def _init_value(self, key: str) -> None:
-        # The same sizes as MmapedDict._init_value, which grows by doubling.
+        # The entry's size as MmapedDict._init_value computes it.
         length = len(key.encode("utf-8"))
         needed = self._used + 4 + length + (8 - (length + 4) % 8) + 16
-        capacity = self._capacity
-        while needed > capacity:
-            capacity *= 2
-        if capacity > self._capacity:
-            os.posix_fallocate(self._f.fileno(), 0, capacity)
+        os.posix_fallocate(self._f.fileno(), 0, -(-needed // _PAGE) * _PAGE)
         super()._init_value(key)
+
+
+#: Allocation unit of the metric files (a tmpfs charges whole pages).
+_PAGE = mmap.PAGESIZE
 
 
 def _most_pool_processes(worker: Any) -> int:

@@ -85,17 +85,22 @@ def multiprocess_value_class(process_identifier: Callable[[], str],
 
     os.register_at_fork(after_in_child=new_lock_in_child)
 
-    def reopen_after_fork() -> None:
-        """Lock held: this process was forked; its values belong in its own files."""
+    def enter_this_process() -> None:
+        """Lock held: the first update since a fork; the files open are the parent's."""
         for f in files.values():
             f.close()
         files.clear()
-        for value in values:
-            value._open()  # OSError (no space) leaves it to the next update to retry
         opened_in[0] = _fork_generation
 
     class MmapedValue:
-        """A float in this process's mmaped file; written through at every update."""
+        """A float in this process's mmaped file; written through at every update.
+
+        After a fork, a value inherited from the parent moves into the child's
+        own file at its first update, not before: a pool process inherits
+        every series the MainProcess created (each task name's zero-valued
+        counters, every queue's) and writes a few of them, and only those
+        take room in its files, in the node's shared memory.
+        """
 
         _multiprocess = True
 
@@ -104,13 +109,15 @@ def multiprocess_value_class(process_identifier: Callable[[], str],
                      **_: Any) -> None:
             self._params = (typ, metric_name, name, labelnames, labelvalues, help_text,
                             multiprocess_mode)
+            self._generation = -1
             with lock:
-                if opened_in[0] != _fork_generation:
-                    reopen_after_fork()
                 self._open()
                 values.append(self)
 
         def _open(self) -> None:
+            """Lock held: this value's place in this process's file (adds the key if new)."""
+            if opened_in[0] != _fork_generation:
+                enter_this_process()
             typ, metric_name, name, labelnames, labelvalues, help_text, mode = self._params
             prefix = f"{typ}_{mode}" if typ == "gauge" else typ
             file = files.get(prefix)
@@ -118,10 +125,12 @@ def multiprocess_value_class(process_identifier: Callable[[], str],
                 path = os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"],
                                     f"{prefix}_{process_identifier()}.db")
                 file = files[prefix] = mmaped_dict(path)
-            self._file = file
             key = mmap_key(metric_name, name, labelnames, labelvalues, help_text)
-            self._value, self._timestamp = file.read_value(key)  # adds the key if new
+            value, timestamp = file.read_value(key)  # adds the key if new
+            # OSError (no space) above leaves the value as it was: retried at its next update.
+            self._file, self._value, self._timestamp = file, value, timestamp
             self._position = file._positions[key]
+            self._generation = _fork_generation
 
         def _write(self) -> None:
             position = self._position
@@ -130,8 +139,8 @@ def multiprocess_value_class(process_identifier: Callable[[], str],
 
         def inc(self, amount: float) -> None:
             with lock:
-                if opened_in[0] != _fork_generation:
-                    reopen_after_fork()
+                if self._generation != _fork_generation:
+                    self._open()
                 self._value += amount
                 self._timestamp = 0.0
                 self._write()
@@ -145,9 +154,9 @@ def multiprocess_value_class(process_identifier: Callable[[], str],
             prometheus_client's wrappers. Every value must be of this class.
             """
             with lock:
-                if opened_in[0] != _fork_generation:
-                    reopen_after_fork()
                 for value, amount in updates:
+                    if value._generation != _fork_generation:
+                        value._open()
                     value._value += amount
                     value._timestamp = 0.0
                     position = value._position
@@ -156,8 +165,8 @@ def multiprocess_value_class(process_identifier: Callable[[], str],
 
         def set(self, value: float, timestamp: float | None = None) -> None:
             with lock:
-                if opened_in[0] != _fork_generation:
-                    reopen_after_fork()
+                if self._generation != _fork_generation:
+                    self._open()
                 self._value = value
                 self._timestamp = timestamp or 0.0
                 self._write()
@@ -167,8 +176,8 @@ def multiprocess_value_class(process_identifier: Callable[[], str],
 
         def get(self) -> float:
             with lock:
-                if opened_in[0] != _fork_generation:
-                    reopen_after_fork()
+                if self._generation != _fork_generation:
+                    self._open()
                 return self._value
 
         def get_exemplar(self) -> None:

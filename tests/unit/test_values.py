@@ -267,3 +267,34 @@ def test_a_child_forked_while_another_thread_creates_a_labelled_series_still_rec
         release.set()
         holder.join()
     assert status == 0, "the child could not create a series within 1 s of its fork"
+
+
+def test_a_forked_child_files_only_the_series_it_writes(tmp_path: Path, use_values) -> None:
+    """The node's shared memory holds, per pool process, what that process recorded."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    use_values(tmp_path, multiprocess_value_class(lambda: str(os.getpid())))
+    counter = Counter("lazy_tasks", "Tasks.", ["task"], registry=None)
+    runtime = Histogram("lazy_runtime_seconds", "R.", ["task"], buckets=(0.1, 1.0),
+                        registry=None)
+    children = [counter.labels(f"t{i}") for i in range(100)]  # zero series, as a node makes
+    inherited = runtime.labels("t0")
+    pid = os.fork()
+    if pid == 0:
+        try:
+            children[7].inc(3)
+            inherited.observe(0.5)
+            os._exit(0)
+        finally:
+            os._exit(1)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert list(_file_values(tmp_path / f"counter_{pid}.db").values()) == [3.0]
+    assert len(_file_values(tmp_path / f"histogram_{pid}.db")) == 2  # one bucket, the sum
+    # Merged with the parent's files, the histogram still has every bucket.
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, str(tmp_path))
+    text = generate_latest(registry).decode()
+    for le in ("0.1", "1.0", "+Inf"):
+        assert f'lazy_runtime_seconds_bucket{{le="{le}",task="t0"}}' in text, text
+    assert 'lazy_runtime_seconds_count{task="t0"} 1.0' in text
