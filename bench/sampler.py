@@ -1,6 +1,7 @@
 """Fleet sampler: one ``sample_queues`` call for 50 queues x 10 priority levels (Redis).
 
     python -m bench.sampler [--quick] [--queues 50] [--levels 10] [--calls N]
+                            [--held 50000] [--body-bytes 2048]
 
 Fills 50 queues on loopback Redis with messages at each of 10 priority levels
 (``transport_options={"priority_steps": list(range(10))}``, 2 messages per
@@ -10,12 +11,27 @@ Each call opens and closes its own connection, as the beat task does, so the
 time includes connecting. Round trips are counted on the client side: every
 write of one or more commands to a Redis socket (``send_packed_command``),
 connection set-up included.
+
+Then, on a private Redis (``tasker.embedded``: 100 MB of held messages stay
+off the shared server), ``--held`` unacked messages of ``--body-bytes`` each
+(kombu's ``unacked`` hash and ``unacked_index``, as kombu's QoS writes them,
+over 5 queues, plus 1-5 ready messages per queue) are sampled: the samples
+that attribute them first, then ``--calls`` steady samples. Per sample it
+reports the Redis time (slow log at a 0 µs threshold, top-level commands only:
+Redis also lists the commands a script runs inside the script's time) and the
+bytes Redis received and sent (``INFO stats``), and checks depth and unacked
+against what was written. For comparison it times what the sampler did before
+(``HVALS`` of the unacked hash) on the same data.
 """
 
 from __future__ import annotations
 
+import json
+import tempfile
 import time
+import uuid
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from bench import common
@@ -90,12 +106,125 @@ def fill(conn: Any, queues: list[str], levels: int) -> int:
     return published
 
 
+#: Queues the held messages are spread over.
+HELD_QUEUES = 5
+#: Commands tasker's sampling scripts run inside Redis (listed again by the slow log).
+_IN_SCRIPTS = frozenset({"TYPE", "LLEN", "LINDEX", "GET", "SET", "ZRANGEBYSCORE", "ZSCORE",
+                         "HGET", "ZADD", "SADD", "ZCARD", "ZINTERCARD", "ZINTERSTORE",
+                         "ZREMRANGEBYSCORE", "ZRANGE", "SMEMBERS", "DEL", "SREM"})
+_MEASURING = frozenset({"SLOWLOG", "CONFIG", "INFO"})
+
+
+def _hold(client: Any, queues: list[str], n: int, body_bytes: int) -> dict[str, int]:
+    """``n`` unacked messages as kombu's Redis QoS keeps them: json([message, exchange, rk])."""
+    held = dict.fromkeys(queues, 0)
+    now = time.time()
+    with client.pipeline(transaction=False) as pipe:
+        for i in range(n):
+            queue, tag = queues[i % len(queues)], str(uuid.uuid4())
+            message = {"body": "x" * body_bytes, "content-type": "application/json",
+                       "content-encoding": "utf-8",
+                       "headers": {"task": "diagnostics.noop", "id": tag},
+                       "properties": {"delivery_tag": tag, "priority": 0,
+                                      "delivery_info": {"exchange": "", "routing_key": queue}}}
+            pipe.hset("unacked", tag, json.dumps([message, "", queue]))
+            pipe.zadd("unacked_index", {tag: now - n + i})
+            held[queue] += 1
+            if i % 2000 == 1999:
+                pipe.execute()
+        pipe.execute()
+    return held
+
+
+def _redis_cost(client: Any, fn: Any) -> tuple[Any, float, int]:
+    """(result, Redis ms of the top-level commands, bytes in + out) of ``fn()``."""
+    client.config_set("slowlog-log-slower-than", 0)
+    client.config_set("slowlog-max-len", 4096)
+    client.slowlog_reset()
+    before = client.info("stats")
+    result = fn()
+    after = client.info("stats")
+    usec = 0
+    for entry in client.slowlog_get(4096):
+        words = entry["command"].split()
+        name = (words[0].decode() if isinstance(words[0], bytes) else words[0]).upper() \
+            if words else ""
+        if name not in _IN_SCRIPTS | _MEASURING:
+            usec += entry["duration"]
+    moved = sum(after[k] - before[k] for k in ("total_net_input_bytes", "total_net_output_bytes"))
+    return result, usec / 1000, moved
+
+
+def held_messages(held: int, body_bytes: int, calls: int) -> dict[str, Any]:
+    """Sample ``held`` unacked messages on a private Redis; costs per sample."""
+    import kombu
+    import redis
+
+    from tasker.embedded import EmbeddedRedis
+    from tasker.sampler import broker
+
+    with tempfile.TemporaryDirectory(prefix="tasker-bench-redis-") as tmp:
+        server = EmbeddedRedis(Path(tmp))
+        server.start()
+        try:
+            client = redis.Redis.from_url(server.url)
+            queues = [f"held-{i}" for i in range(HELD_QUEUES)]
+            expected_unacked = _hold(client, queues, held, body_bytes)
+            expected_depth = {q: i + 1 for i, q in enumerate(queues)}
+            for queue, depth in expected_depth.items():
+                client.lpush(queue, *[b'{"headers": {}}'] * depth)
+            memory = client.info("memory")["used_memory"]
+            progress(BENCH, f"{held} held messages of {body_bytes} B on a private Redis "
+                            f"({memory / 2**20:.0f} MiB)")
+
+            def sample() -> dict[str, Any]:
+                with kombu.Connection(server.url) as conn:
+                    return broker.sample_queues(conn, queues)
+
+            catch_up: list[tuple[float, int]] = []
+            while True:
+                result, ms, moved = _redis_cost(client, sample)
+                catch_up.append((ms, moved))
+                if result[queues[0]].unacked is not None or len(catch_up) > held:
+                    break
+            steady_ms, steady_bytes, correct = [], [], True
+            for _ in range(calls):
+                result, ms, moved = _redis_cost(client, sample)
+                steady_ms.append(ms)
+                steady_bytes.append(moved)
+                correct &= ({q: s.unacked for q, s in result.items()} == expected_unacked
+                            and {q: s.depth for q, s in result.items()} == expected_depth)
+            hvals_ms, hvals_bytes = [], []
+            for _ in range(3):  # what one sample cost before: HVALS of every body
+                _, ms, moved = _redis_cost(client, lambda: client.hvals("unacked"))
+                hvals_ms.append(ms)
+                hvals_bytes.append(moved)
+            client.close()
+        finally:
+            server.stop()
+    return {
+        "held": held, "body_bytes": body_bytes, "queues": HELD_QUEUES, "calls": calls,
+        "redis_used_memory_bytes": memory,
+        "catch_up_samples": len(catch_up),
+        "catch_up_redis_ms": common.spread(ms for ms, _ in catch_up),
+        "catch_up_bytes": common.spread(b for _, b in catch_up),
+        "redis_ms": common.spread(steady_ms), "bytes": common.spread(steady_bytes),
+        "hvals_redis_ms": common.spread(hvals_ms), "hvals_bytes": common.spread(hvals_bytes),
+        "result_correct": correct,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = common.base_parser("python -m bench.sampler", __doc__.splitlines()[0])
     parser.add_argument("--queues", type=int, default=50)
     parser.add_argument("--levels", type=int, default=10)
     parser.add_argument("--calls", type=int, help="timed calls (default 50; quick 10)")
+    parser.add_argument("--held", type=int, help="unacked messages held on a private Redis "
+                        "(default 50000; quick 5000; 0 = skip)")
+    parser.add_argument("--body-bytes", type=int, default=2048,
+                        help="body size of each held message (default 2048)")
     args = parser.parse_args(argv)
+    held = args.held if args.held is not None else (5000 if args.quick else 50_000)
     calls = args.calls or (10 if args.quick else 50)
     results = common.Results(BENCH, args, {
         "queues": args.queues, "levels": args.levels, "messages_per_level": MESSAGES_PER_LEVEL,
@@ -150,6 +279,16 @@ def main(argv: list[str] | None = None) -> int:
         }
         results.write("run", record)
         results.write("summary", record)
+        if held:
+            record_held = held_messages(held, args.body_bytes, min(calls, 20))
+            results.write("held", record_held)
+            progress(BENCH, f"{held} held unacked messages: Redis "
+                            f"{record_held['redis_ms']['median']:.2f} ms and "
+                            f"{record_held['bytes']['median']:,.0f} B per sample "
+                            f"(HVALS: {record_held['hvals_redis_ms']['median']:.1f} ms, "
+                            f"{record_held['hvals_bytes']['median']:,.0f} B); "
+                            f"{record_held['catch_up_samples']} samples to attribute them; "
+                            f"correct: {record_held['result_correct']}")
         progress(BENCH, f"sample_queues({len(queues)} queues x {args.levels} levels): "
                         f"{record['ms']['median']:.2f} ms ({record['ms']['min']:.2f}-"
                         f"{record['ms']['max']:.2f}), {trip_counts[-1]} round trips "

@@ -52,6 +52,11 @@ UNACKED_BATCH = 1000
 #: Seconds of delivery stamps re-read when deliveries appear behind the cursor
 #: (workers' clocks stamp them, and clocks differ a little).
 UNACKED_LOOKBACK = 10.0
+#: Seconds the attribution cursor trails the newest delivery: a delivery is
+#: stamped before it is written, so one can land just behind a newer one.
+UNACKED_SETTLE = 2.0
+#: Seconds of delivery time per bucket of the unacked mirror (see _UNACKED_SCRIPT).
+UNACKED_BUCKET = 60
 #: Separator of exchange and routing key in a route (neither contains it).
 _ROUTE_SEP = "\x1f"
 
@@ -153,7 +158,9 @@ def _sample_redis(
         if chan.ack_emulation:
             unacked_key = prefix + chan.unacked_key
             pipe.eval(_UNACKED_SCRIPT, 3, unacked_key, prefix + chan.unacked_index_key,
-                      unacked_key + ".tasker.", UNACKED_BATCH, UNACKED_LOOKBACK)
+                      # Versioned: a new layout never reads an old one's keys.
+                      unacked_key + ".tasker.v2.", UNACKED_BATCH, UNACKED_LOOKBACK,
+                      UNACKED_BUCKET, UNACKED_SETTLE)
         # Errors per command: a wrongly typed key costs only what it holds.
         replies, *rest = pipe.execute(raise_on_error=False)
     if isinstance(replies, Exception):
@@ -259,24 +266,35 @@ def _level_keys(queue: str, priority_steps: Iterable[int], sep: str) -> list[str
 
 
 #: KEYS: kombu's unacked hash, its unacked_index zset (tag -> delivery time),
-#: and the prefix of this script's own keys. ARGV: batch, lookback seconds.
+#: and the prefix of this script's own keys. ARGV: batch, lookback seconds,
+#: bucket width in seconds, settle seconds.
 #: Returns {"ok", unattributed, route, count, route, count, ...} or {"wrongtype"}.
 #:
 #: The hash holds every unacked message body (HVALS of 50,000 held 2 KB
-#: messages moves 100 MB and blocks Redis for ~40-100 ms). A delivery's route
-#: (exchange, routing key) never changes, so it is read once: a mirror keeps,
-#: per route, a zset of the delivery tags seen (scored like unacked_index), and
-#: a cursor remembers the newest delivery time attributed. Each sample:
+#: messages moves 100 MB and blocks Redis for ~40-130 ms). A delivery's route
+#: (exchange, routing key) never changes, so it is read once. A mirror keeps
+#: the delivery tags seen, per time bucket of their delivery (``width``
+#: seconds of unacked_index's score) and route, with each bucket's counts
+#: per route as of its last count; a cursor remembers the newest delivery
+#: time attributed. Each sample:
 #:
 #: * attributes at most ``batch`` deliveries newer than the cursor (HGET of
 #:   the body, exchange and routing key cut from its tail: kombu stores
 #:   ``json([message, exchange, routing_key])``);
-#: * counts per route the tags still in unacked_index (ZINTERCARD, in C, no
-#:   body read; about 8 ms for 50,000), and how many index entries are not
-#:   attributed yet (the index's size minus those counts): when that is not
-#:   0 (a backlog, or a worker whose clock is behind stamped a delivery
-#:   before the cursor; the cursor then steps back ``lookback``
-#:   seconds), the caller reports unacked as unknown rather than low;
+#: * per bucket, compares the index's count in the bucket's score range
+#:   (ZCOUNT, O(log n)) with the bucket's count as of its last count. Only
+#:   deliveries are added and only acks remove, and no delivery is added to
+#:   a bucket older than ``lookback`` behind the cursor; so an old bucket
+#:   whose count is unchanged lost nothing, and its counts per route stand.
+#:   Other buckets (new deliveries, acks, the recent ones) are counted again:
+#:   per route, the tags still in unacked_index (ZINTERCARD, in C, no body
+#:   read). Held messages that nobody touches therefore cost a ZCOUNT per
+#:   bucket, not a lookup per message;
+#: * reports how many index entries are not attributed (the index's size
+#:   minus the counts): when that is not 0 (a backlog, or a worker whose
+#:   clock is behind stamped a delivery before the cursor; the cursor then
+#:   steps back ``lookback`` seconds), the caller reports unacked as unknown
+#:   rather than low;
 #: * drops mirror entries older than the oldest unacked delivery (acked).
 _UNACKED_SCRIPT = r"""
 local hash, index, m = KEYS[1], KEYS[2], KEYS[3]
@@ -284,8 +302,9 @@ local th, ti = redis.call('TYPE', hash)['ok'], redis.call('TYPE', index)['ok']
 if (th ~= 'hash' and th ~= 'none') or (ti ~= 'zset' and ti ~= 'none') then
   return {'wrongtype'}
 end
-local seen, routes, cursor_key = m .. 'seen', m .. 'routes', m .. 'cursor'
-local batch, lookback = tonumber(ARGV[1]), tonumber(ARGV[2])
+local seen, cursor_key, buckets, totals = m .. 'seen', m .. 'cursor', m .. 'buckets', m .. 'totals'
+local batch, lookback, width = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local settle = tonumber(ARGV[4])
 local function intercard(a, b)
   local n = redis.pcall('ZINTERCARD', 2, a, b)
   if type(n) == 'table' and n.err then  -- Redis < 7: count through a scratch key
@@ -307,48 +326,110 @@ local function route_of(v)
   if type(rk) ~= 'string' then rk = '' end
   return ex .. '\31' .. rk
 end
+-- 1. Attribute new deliveries.
 local cursor = redis.call('GET', cursor_key)
 local from = '-inf'
 if cursor then from = '(' .. cursor end
 local new = redis.call('ZRANGEBYSCORE', index, from, '+inf', 'WITHSCORES', 'LIMIT', 0, batch)
+local dirty, last = {}, nil
 for i = 1, #new, 2 do
   local tag, score = new[i], new[i + 1]
   if not redis.call('ZSCORE', seen, tag) then
     local v = redis.call('HGET', hash, tag)
     local route = '!'  -- no body (being acked right now), or not kombu's format
     if v then route = route_of(v) end
+    local b = tostring(math.floor(tonumber(score) / width))
     redis.call('ZADD', seen, score, tag)
-    redis.call('ZADD', m .. 'r:' .. route, score, tag)
-    redis.call('SADD', routes, route)
+    redis.call('ZADD', m .. 'b:' .. b .. ':' .. route, score, tag)
+    redis.call('SADD', m .. 'r:' .. b, route)
+    redis.call('SADD', buckets, b)
+    dirty[b] = true
   end
-  cursor = score
+  last = score
 end
-local oldest = redis.call('ZRANGE', index, 0, 0, 'WITHSCORES')[2]
-local counts, attributed = {}, 0
-for _, route in ipairs(redis.call('SMEMBERS', routes)) do
-  local key = m .. 'r:' .. route
-  if oldest then redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. oldest) end
-  if not oldest or redis.call('ZCARD', key) == 0 then
-    redis.call('DEL', key)
-    redis.call('SREM', routes, route)
+if last and #new == 2 * batch then
+  cursor = last  -- a backlog: go on from here next time
+elseif last then
+  -- Caught up. The cursor trails the newest delivery by ``settle`` seconds:
+  -- a worker stamps the time, then writes it, so a delivery can land just
+  -- behind a newer one; the tags in between are re-read next time (those
+  -- already seen cost a ZSCORE each).
+  local c = tonumber(last) - settle
+  if cursor and c < tonumber(cursor) then c = tonumber(cursor) end
+  cursor = string.format('%.17g', c)
+end
+-- 2. Count per bucket and route.
+-- Scores stay strings in commands: Lua's tostring keeps 14 digits and could
+-- round a delivery time up, past the tag it names.
+local oldest_s = redis.call('ZRANGE', index, 0, 0, 'WITHSCORES')[2]
+local oldest = oldest_s and tonumber(oldest_s)
+local recent = (cursor and tonumber(cursor) or 0) - lookback
+local per_route, attributed = {}, 0
+for _, b in ipairs(redis.call('SMEMBERS', buckets)) do
+  local lo = tonumber(b) * width
+  local hi = lo + width
+  local routes = m .. 'r:' .. b
+  if not oldest or hi <= oldest then  -- everything in it was acked
+    for _, route in ipairs(redis.call('SMEMBERS', routes)) do
+      redis.call('DEL', m .. 'b:' .. b .. ':' .. route)
+    end
+    redis.call('DEL', routes, m .. 'c:' .. b)
+    redis.call('HDEL', totals, b)
+    redis.call('SREM', buckets, b)
   else
-    local n = intercard(index, key)
-    attributed = attributed + n
-    counts[#counts + 1] = route
-    counts[#counts + 1] = n
+    local in_index = redis.call('ZCOUNT', index, string.format('%.17g', lo),
+                                '(' .. string.format('%.17g', hi))
+    local counted = tonumber(redis.call('HGET', totals, b) or '-1')
+    if dirty[b] or hi > recent or in_index ~= counted then
+      local sum = 0
+      for _, route in ipairs(redis.call('SMEMBERS', routes)) do
+        local key = m .. 'b:' .. b .. ':' .. route
+        redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. oldest_s)
+        local n = intercard(index, key)
+        if n == 0 then
+          redis.call('DEL', key)
+          redis.call('SREM', routes, route)
+          redis.call('HDEL', m .. 'c:' .. b, route)
+        else
+          redis.call('HSET', m .. 'c:' .. b, route, n)
+          sum = sum + n
+        end
+      end
+      redis.call('HSET', totals, b, sum)
+    end
+    local counts = redis.call('HGETALL', m .. 'c:' .. b)
+    for i = 1, #counts, 2 do
+      local n = tonumber(counts[i + 1])
+      per_route[counts[i]] = (per_route[counts[i]] or 0) + n
+      attributed = attributed + n
+    end
   end
 end
-if oldest then redis.call('ZREMRANGEBYSCORE', seen, '-inf', '(' .. oldest)
+if oldest then redis.call('ZREMRANGEBYSCORE', seen, '-inf', '(' .. oldest_s)
 else redis.call('DEL', seen) end
--- Every attributed tag is in exactly one route set: the rest of the index is not.
+-- Every attributed tag is in exactly one bucket and route: the rest of the index is not.
 local unattributed = redis.call('ZCARD', index) - attributed
+local behind_key = m .. 'behind'
 if unattributed > 0 and #new < 2 * batch and cursor then
   -- Entries behind the cursor: step back so the next samples pick them up.
-  cursor = tostring(tonumber(cursor) - lookback)
+  cursor = string.format('%.17g', tonumber(cursor) - lookback)
+  if redis.call('INCR', behind_key) >= 3 then
+    -- Still not attributed after stepping back twice: the mirror lost keys
+    -- (eviction, a manual DEL). Forget what was seen, so every delivery is
+    -- attributed again (UNACKED_BATCH per sample) and the counts heal.
+    redis.call('DEL', seen, behind_key)
+    cursor = nil
+    redis.call('DEL', cursor_key)
+  end
+elseif unattributed == 0 then
+  redis.call('DEL', behind_key)
 end
 if cursor then redis.call('SET', cursor_key, cursor) end
 local out = {'ok', unattributed}
-for i = 1, #counts do out[#out + 1] = counts[i] end
+for route, n in pairs(per_route) do
+  out[#out + 1] = route
+  out[#out + 1] = n
+end
 return out
 """
 
