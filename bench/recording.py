@@ -79,7 +79,6 @@ def main(argv: list[str] | None = None) -> int:
         from tasker.metrics import bootstep, recording
         from tasker.metrics.definitions import create_metrics
         from tasker.metrics.node_state import FILE_NAME, NodeState
-
         from tasker.settings import get_settings
 
         get_settings()  # read once, as a worker does before it claims its directory

@@ -19,7 +19,8 @@ from typing import Any
 
 from bench.common import DEFAULT_RESULTS_DIR, REPO, read_results
 
-BENCHES = ("overhead", "scrape", "recording", "latency", "sampler", "workflows", "soak")
+BENCHES = ("overhead", "scrape", "recording", "latency", "sampler", "workflows", "soak",
+           "shared_memory")
 
 
 # ------------------------------------------------------------------- formatting
@@ -837,6 +838,40 @@ def soak_section(b: Bench) -> list[str]:
             f"**What it means.** {_soak_meaning(s)}", ""]
 
 
+def shared_memory_section(b: Bench) -> list[str]:
+    rows = []
+    for m in b.summaries[-1]["measurements"]:
+        pool, main = m["pool_process"], m["main_process"]
+        rows.append([f"{m['task_names']:,}", num(pool["allocated_bytes"] / 1024, 0),
+                     f"{pool['series']:,}", num(pool["file_bytes"] / 1024, 0),
+                     num(main["allocated_bytes"] / 1024, 0)])
+    return ["## 8. Shared memory per pool process", "", *b.provenance(), "",
+            "A node's metric files live on a tmpfs in production (compose and Kubernetes "
+            "give the directory one), where every allocated page is memory. One process "
+            "sets recording up as a worker node does (the zero-valued series of every task "
+            "name created in the MainProcess before the fork), then forks a pool process "
+            "that runs every task name twice (one success, one failure). KiB allocated "
+            "(`st_blocks`) by that pool process's files, the series in them, and the files' "
+            "mapped size (sparse beyond what is allocated); the MainProcess's own files "
+            "beside them.", "",
+            *table(["task names run", "pool process KiB allocated", "series",
+                    "KiB mapped", "MainProcess KiB allocated"], rows), "",
+            "**What it means.** A pool process's files hold what it recorded: about 45 "
+            "series per task name it ran (the two histograms' buckets are most of them), "
+            "about 9 KiB each, allocated page by page as series are added. Size a tmpfs "
+            "for the busiest case: concurrency × (task names a process runs) × 9 KiB, "
+            "plus the MainProcess's files; files of exited processes are folded away.", ""]
+
+
+def notes_section() -> list[str]:
+    """Hand-written measurements of one change (``bench/notes/*.md``), each citing its commands."""
+    notes = sorted((REPO / "bench" / "notes").glob("*.md"))
+    lines: list[str] = []
+    for path in notes:
+        lines += [path.read_text().rstrip(), ""]
+    return lines
+
+
 def _soak_meaning(s: dict[str, Any]) -> str:
     first, last = s["checkpoints"][0], s["checkpoints"][-1]
     text = (f"{last['process_exits']:,} pool processes were replaced (one every "
@@ -929,7 +964,7 @@ def render(benches: dict[str, Bench], mode: str, results_dir: Path, output: Path
     sections = {"overhead": overhead_section, "scrape": scrape_section,
                 "recording": recording_section, "latency": latency_section,
                 "sampler": sampler_section, "workflows": workflows_section,
-                "soak": soak_section}
+                "soak": soak_section, "shared_memory": shared_memory_section}
     for name in BENCHES:
         if name in benches:
             lines += sections[name](benches[name])
@@ -943,6 +978,7 @@ def render(benches: dict[str, Bench], mode: str, results_dir: Path, output: Path
         images = []
     if images:
         lines += ["## Plots", "", *images, ""]
+    lines += notes_section()
     return "\n".join(lines).rstrip() + "\n"
 
 

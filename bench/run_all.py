@@ -24,7 +24,8 @@ from pathlib import Path
 from bench.common import DEFAULT_RESULTS_DIR, REPO
 
 #: In the order they run: in-process ones first, worker-node ones last.
-BENCHES = ("recording", "scrape", "sampler", "workflows", "latency", "overhead", "soak")
+BENCHES = ("recording", "scrape", "shared_memory", "sampler", "workflows", "latency",
+           "overhead", "soak")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -132,6 +132,7 @@ def main() -> int:
         return 0
     results = common.Results(BENCH, args, {"names": args.names})
     ok = False
+    measured: list[dict[str, Any]] = []
     try:
         for names in (int(n) for n in args.names.split(",")):
             out = subprocess.run([sys.executable, "-m", "bench.shared_memory", "--measure",
@@ -139,12 +140,14 @@ def main() -> int:
                                  check=True, timeout=300)
             found = json.loads(out.stdout.strip().splitlines()[-1])
             results.write("run", found)
+            measured.append(found)
             pool = found["pool_process"]
             progress(BENCH, f"{found['task_names']} task names: pool process "
                             f"{pool['allocated_bytes'] / 1024:.0f} KiB allocated "
                             f"({pool['series']} series, files {pool['file_bytes'] / 1024:.0f} "
                             f"KiB mapped); MainProcess "
                             f"{found['main_process']['allocated_bytes'] / 1024:.0f} KiB")
+        results.write("summary", {"measurements": measured})
         ok = True
     finally:
         results.close(ok)

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-BENCHES = ("recording", "scrape", "sampler", "workflows", "latency", "overhead", "soak")
+BENCHES = ("recording", "scrape", "shared_memory", "sampler", "workflows", "latency",
+           "overhead", "soak")
 
 
 def _redis_reachable() -> bool:
