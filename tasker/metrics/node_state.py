@@ -15,6 +15,13 @@ copy. Everything else (the MainProcess, solo and thread pools, an index
 beyond the slots) writes slot 0 under an ``flock``, which the kernel releases
 if the holder is killed. A reading adds the slots up.
 
+Memory order: a slot's fields and its sequence number are separate 8-byte
+stores. x86-64 makes them visible to other CPUs in program order, which the
+seqlock needs; ARM64 does not, and Python emits no barrier, so there a reading
+may rarely combine fields from before and after one update. Everything read
+from this file is a gauge (rate, EMA, average, min/max), so such a reading is
+off by one task for one scrape; no counter is derived from it.
+
 The latency EMA is one value for the node, in the file's header, updated
 without a lock by every writer: two processes finishing in the same instant
 can each fold their sample into the same previous value, so one sample is
