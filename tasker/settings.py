@@ -34,7 +34,9 @@ LOG_LEVELS = frozenset({"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"})
 RESULT_BACKEND_SCHEMES = frozenset({
     "redis", "rediss", "sentinel", "rpc", "cache", "mongodb", "cassandra", "couchbase",
     "couchdb", "elasticsearch", "elasticsearchs", "dynamodb", "s3", "gs", "file", "consul",
-    "arangodb", "azureblockblob", "cosmosdbsql", "riak"})
+    "arangodb", "azureblockblob", "cosmosdbsql", "riak", "socket", "redis+socket"})
+#: Schemes that name a unix socket path instead of a host (Celery's Redis backend).
+_SOCKET_SCHEMES = frozenset({"socket", "redis+socket"})
 #: The settings that hold secrets: registered for redaction before anything is validated.
 SECRET_VARIABLES = ("TASKER_BROKER_URL", "TASKER_RESULT_BACKEND", "TASKER_DATABASE_URL",
                     "TASKER_METRICS_TOKEN")
@@ -185,6 +187,10 @@ def _check_url_part(part: str, schemes: frozenset[str], *, redis_db: bool) -> No
     if scheme not in schemes:
         raise SettingsError(f"scheme {scheme or '(none)'!r} is not one of "
                             f"{', '.join(sorted(schemes))}")
+    if scheme in _SOCKET_SCHEMES:
+        if not parts.path:
+            raise SettingsError("expected a socket path (socket:///path/to/redis.sock)")
+        return
     if not parts.hostname:
         raise SettingsError("expected a host")
     try:
@@ -257,7 +263,7 @@ def _database_url(raw: str) -> str:
     from psycopg.conninfo import conninfo_to_dict
 
     if "://" not in raw:
-        raise SettingsError("expected a postgresql:// URL (keyword conninfo is not accepted)")
+        raise SettingsError("keyword conninfo (host=... dbname=...) is not accepted")
     parts = urlsplit(raw)
     if parts.scheme not in DATABASE_SCHEMES:
         raise SettingsError(f"scheme {parts.scheme!r} is not postgresql or postgres")

@@ -345,3 +345,183 @@ def test_unreachable_services_fail_without_printing_the_password(start_node, sec
     # The URLs were printed, redacted: the sweep looked at the right lines.
     collected.assert_clean("Connection refused", "redis://user:***@127.0.0.1:1/0",
                            "user:**@127.0.0.1:1", min_chars=5000)
+
+
+# -- every shape a secret can take x every place a value can appear ---------------------
+
+#: (id, variable, value, the secrets in it). Each value points at nothing that answers
+#: (port 1, a missing socket), so every command fails fast and prints its error.
+SHAPES = [
+    ("failover", "TASKER_BROKER_URL",
+     "redis://:FoPw-1111@127.0.0.1:1/0;redis://:FoPw-2222@127.0.0.1:2/0",
+     ("FoPw-1111", "FoPw-2222")),
+    ("amqp-failover", "TASKER_BROKER_URL",
+     "amqp://u:AfPw-1717@127.0.0.1:1//;amqp://u:AfPw-1818@127.0.0.1:2//",
+     ("AfPw-1717", "AfPw-1818")),
+    ("sentinel", "TASKER_RESULT_BACKEND",
+     "sentinel://:SnPw-3333@127.0.0.1:1/0;sentinel://:SnPw-3434@127.0.0.1:2/0",
+     ("SnPw-3333", "SnPw-3434")),
+    ("query-password", "TASKER_DATABASE_URL",
+     "postgresql://u:QpPw-4444@127.0.0.1:1/db?password=QpPw-5555", ("QpPw-4444", "QpPw-5555")),
+    ("query-password-only", "TASKER_DATABASE_URL",
+     "postgresql://127.0.0.1:1/db?user=u&password=QoPw-1919", ("QoPw-1919",)),
+    ("keyword-conninfo", "TASKER_DATABASE_URL",
+     "host=127.0.0.1 port=1 user=u password=KwPw-6666 dbname=x", ("KwPw-6666",)),
+    ("keyword-quoted", "TASKER_DATABASE_URL",
+     "host=db password='Kw Pw-7777' dbname=x", ("Kw Pw-7777", "Pw-7777")),
+    ("percent-encoded", "TASKER_BROKER_URL",
+     "redis://:Pe%40Pw%3A88%2F88@127.0.0.1:1/0", ("Pe@Pw:88/88", "Pe%40Pw%3A88%2F88")),
+    ("raw-at-sign", "TASKER_BROKER_URL",
+     "rediss://default:Rs@Pw-1616@127.0.0.1:1/0", ("Rs@Pw-1616", "Pw-1616")),
+    ("ipv6-broker", "TASKER_BROKER_URL", "redis://user:V6Pw-9999@[::1]:1/0", ("V6Pw-9999",)),
+    ("ipv6-database", "TASKER_DATABASE_URL", "postgresql://u:V6Db-1010@[::1]:1/db",
+     ("V6Db-1010",)),
+    ("unix-socket-database", "TASKER_DATABASE_URL",
+     "postgresql://u:UxPw-1212@/db?host=/nonexistent/tasker-socket-dir", ("UxPw-1212",)),
+    ("unix-socket-backend", "TASKER_RESULT_BACKEND",
+     "redis+socket:///nonexistent/redis.sock?password=UxRb-1313", ("UxRb-1313",)),
+    ("token", "TASKER_METRICS_TOKEN", "TokSecret-1414", ("TokSecret-1414",)),
+    ("amqp", "TASKER_BROKER_URL", "amqp://guest:AmPw-1515@127.0.0.1:1//", ("AmPw-1515",)),
+]
+
+
+def _leaks(text: str, secrets: tuple[str, ...]) -> list[str]:
+    return [_around(text, s) for s in secrets if s in text]
+
+
+def _log_lines(value: str) -> str:
+    """What tasker's log formatters write for a record carrying ``value`` everywhere."""
+    import logging
+
+    from tasker.logs import JsonFormatter, TextFormatter
+
+    try:
+        raise RuntimeError(f"cannot connect to {value}")
+    except RuntimeError:
+        exc_info = sys.exc_info()
+    record = logging.LogRecord("tasker.test", logging.ERROR, __file__, 1,
+                               "connecting to %s failed", (value,), exc_info)
+    record.url = value
+    record.reason = f"error: {value}"
+    return "\n".join(f.format(record) for f in (JsonFormatter(), TextFormatter()))
+
+
+@pytest.mark.parametrize(("variable", "value", "secrets"),
+                         [s[1:] for s in SHAPES], ids=[s[0] for s in SHAPES])
+def test_a_secret_in_any_shape_is_not_in_errors_repr_or_logs(variable: str, value: str,
+                                                             secrets: tuple[str, ...]) -> None:
+    from tasker.settings import SettingsError, load_settings
+
+    places: dict[str, str] = {}
+    # The start-up error line of another setting, and of this one if it is refused.
+    with pytest.raises(SettingsError) as other:
+        load_settings({variable: value, "TASKER_EMA_ALPHA": "2"})
+    places["error line (other setting)"] = str(other.value)
+    try:
+        settings = load_settings({variable: value})
+        places["repr(Settings)"] = repr(settings)
+        places["str(Settings)"] = str(settings)
+        places["redacted properties"] = f"{settings.broker_url_redacted} " \
+                                        f"{settings.database_url_redacted}"
+    except SettingsError as exc:
+        places["error line (this setting)"] = str(exc)
+    places["logs"] = _log_lines(value)
+    leaks = {place: _leaks(text, secrets) for place, text in places.items()}
+    assert not any(leaks.values()), leaks
+    if "repr(Settings)" in places:  # a valid value: the other setting's error was reached
+        assert "TASKER_EMA_ALPHA" in places["error line (other setting)"]
+
+
+def _run_env(variable: str, value: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKER_")}
+    env.update({"TASKER_BROKER_URL": "redis://127.0.0.1:1/0",
+                "TASKER_DATABASE_URL": "postgresql://u@127.0.0.1:1/none",
+                "TASKER_LOG_FORMAT": "json", variable: value, **extra})
+    return env
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)  # ~1 min
+@pytest.mark.parametrize(("variable", "value", "secrets"),
+                         [s[1:] for s in SHAPES], ids=[s[0] for s in SHAPES])
+def test_a_secret_in_any_shape_is_not_printed_by_the_worker_or_any_command(
+        variable: str, value: str, secrets: tuple[str, ...]) -> None:
+    outputs: dict[str, str] = {}
+    # Start-up with one bad setting: the worker and a command stop with one line.
+    bad = _run_env(variable, value, TASKER_EMA_ALPHA="2")
+    for label, argv in {"celery worker": ["-m", "celery", "-A", "tasker", "worker"],
+                        "tasker stats": ["-m", "tasker.cli.main", "stats", "127.0.0.1:1"]}.items():
+        result = _run(argv, bad, timeout=60)
+        assert result.returncode == 2, (label, result.stderr[-2000:])
+        assert len(result.stderr.strip().splitlines()) == 1, (label, result.stderr)
+        outputs[f"{label} (bad setting)"] = result.stdout + result.stderr
+    # The commands with the value in use, against services that do not answer.
+    env = _run_env(variable, value)
+    commands = {"stats": ["stats", "--json", "127.0.0.1:1"],
+                "sample": ["sample", "--once"], "sample --json": ["sample", "--once", "--json"]}
+    if variable == "TASKER_DATABASE_URL":
+        commands["status"] = ["status", "01a22d40-2c01-7579-beef-bbe43ee0c3e2"]
+        commands["migrate"] = ["migrate"]
+    for label, args in commands.items():
+        result = _tasker(args, env, timeout=90)
+        outputs[f"tasker {label}"] = result.stdout + result.stderr
+        assert result.stdout.strip() or result.stderr.strip(), label
+    leaks = {place: _leaks(text, secrets) for place, text in outputs.items()}
+    assert not any(leaks.values()), leaks
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)  # ~40 s
+def test_a_node_with_failover_query_passwords_and_a_token_never_shows_them(
+        start_node, private_redis, database_url, tmp_path) -> None:
+    """The shapes a running node uses: /metrics, /metrics.json, inspect stats, logs, CLI."""
+    import redis
+
+    client = redis.Redis.from_url(private_redis.url)
+    client.flushall()
+    client.close()
+    token = "TokSecret-2020"
+    db_name = database_url.rsplit("/", 1)[1]
+    env = {
+        **os.environ,
+        # kombu's failover form: the first host refuses, the second (with the password) works.
+        "TASKER_BROKER_URL": f"redis://:{PASSWORD}@127.0.0.1:1/0;{private_redis.url}",
+        "TASKER_RESULT_BACKEND": f"redis://127.0.0.1:{private_redis.port}/1?password={PASSWORD}",
+        # The query password wins for libpq (trust auth accepts any).
+        "TASKER_DATABASE_URL": f"postgresql://root:DbPw-2121@127.0.0.1:5432/{db_name}"
+                               f"?password=DbPw-2222",
+        "TASKER_METRICS_TOKEN": token, "TASKER_SAMPLE_INTERVAL": "1",
+        "TASKER_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1",
+    }
+    secrets = (PASSWORD, "DbPw-2121", "DbPw-2222", token)
+    collected: dict[str, str] = {}
+    node = start_node(queue=f"{SESSION}-shapes,celery", env=env)
+    from celery import Celery
+
+    sender = Celery("shapes-client", broker=private_redis.url)
+    sender.send_task("diagnostics.hold_db", args=(0.1,), queue=f"{SESSION}-shapes")
+    sender.send_task("tasker.sample_fleet", queue=f"{SESSION}-shapes")
+    sender.close()
+    auth = {"Authorization": f"Bearer {token}"}
+    wait_for(lambda: json.loads(http_get(f"{node.url}/metrics.json", auth)[2])
+             .get("total_runs", 0) >= 2, timeout=60, message="two tasks ran")
+    for path in ("/metrics", "/metrics.json", "/healthz"):
+        status, _, body = http_get(f"{node.url}{path}", auth)
+        assert status == 200, (path, status)
+        collected[path] = body.decode()
+    assert "tasker_sample_up" in collected["/metrics"]
+    inspect = _run(["-m", "celery", "-A", "tasker", "inspect", "stats", "--timeout", "10",
+                    "-d", node.hostname], env)
+    assert inspect.returncode == 0, inspect.stderr[-2000:]
+    collected["inspect stats"] = inspect.stdout + inspect.stderr
+    for args in (["stats", "--json", f"127.0.0.1:{node.port}"], ["sample", "--once", "--json"],
+                 ["migrate"], ["status", "01a22d40-2c01-7579-beef-bbe43ee0c3e2"]):
+        result = _tasker(args, env)
+        collected[f"tasker {args[0]}"] = result.stdout + result.stderr
+    assert '"up": true' in collected["tasker sample"].replace("\n", " ") or \
+        '"up":true' in collected["tasker sample"], collected["tasker sample"][-2000:]
+    node.stop()
+    collected["worker log"] = node.log()
+    leaks = {place: _leaks(text, secrets) for place, text in collected.items()}
+    assert not any(leaks.values()), leaks
+    assert sum(len(t) for t in collected.values()) > 5000
