@@ -34,10 +34,12 @@ ACTIVE_QUEUES_REFRESH = 300.0
 DATABASE_SHARE = 0.8
 #: Longest wait for one database source, whatever the interval.
 DATABASE_TIMEOUT = 5.0
-#: Backstop time limits of ``tasker.sample_fleet`` (seconds). Each source bounds
-#: itself well within the interval; these only catch what nothing else does,
-#: and release the round's lock (soft: an exception in the task, hard: the
-#: pool process is replaced, and its flock goes with it).
+#: Backstop time limits of ``tasker.sample_fleet`` (seconds) when a pool
+#: process runs it (Celery enforces time limits only there; the MainProcess's
+#: periodic consumer, tasker/periodic.py, relies on the bounds inside the round).
+#: Each source bounds itself well within the interval; these only catch what
+#: nothing else does, and release the round's lock (soft: an exception in the
+#: task, hard: the pool process is replaced, and its flock goes with it).
 SAMPLE_SOFT_TIME_LIMIT = 60.0
 SAMPLE_TIME_LIMIT = 75.0
 _active_queues: tuple[float, set[str]] = (0.0, set())
