@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import os
 import re
 import sys
@@ -49,6 +50,7 @@ KNOWN_VARIABLES = frozenset({
     "TASKER_RECOVERY_INTERVAL", "TASKER_RECOVERY_DEADLINE", "TASKER_METRICS_INTERVAL",
     "TASKER_LOG_FORMAT", "TASKER_LOG_LEVEL", "TASKER_OTEL_ENABLED", "TASKER_OTEL_FILE",
     "TASKER_MAX_CONTEXT_BYTES", "TASKER_REUSE_BROKER_CLIENT",
+    "TASKER_HISTOGRAM_BUCKETS", "TASKER_NATIVE_HISTOGRAMS", "TASKER_NATIVE_HISTOGRAM_SCHEMA",
 })
 #: ``TASKER_*`` names that are not settings but are used on purpose: the demo's
 #: child marker, and Compose's host-side interpolation variables.
@@ -96,6 +98,10 @@ class Settings:
     otel_protocol: str = "http/protobuf"
     max_context_bytes: int = 65536
     reuse_broker_client: bool = True
+    #: Classic bucket bounds of the runtime and queue-wait histograms (None: the default).
+    histogram_buckets: tuple[float, ...] | None = None
+    native_histograms: bool = True
+    native_schema: int = 5
 
     def __repr__(self) -> str:
         # Never the secrets: a Settings object ends up in tracebacks and debug logs.
@@ -242,6 +248,17 @@ def _result_backend(raw: str) -> str:
     return _failover_url(RESULT_BACKEND_SCHEMES)(raw)
 
 
+def _buckets(raw: str) -> tuple[float, ...]:
+    bounds = tuple(float(part) for part in raw.split(",") if part.strip())
+    if not bounds:
+        raise SettingsError("no bucket bound given")
+    if any(not (math.isfinite(b) and b > 0) for b in bounds):
+        raise SettingsError("every bound must be a finite number of seconds above 0")
+    if list(bounds) != sorted(set(bounds)):
+        raise SettingsError("bounds must be given in increasing order, each once")
+    return bounds
+
+
 def _multiproc_dir(raw: str) -> str:
     # Checked at start-up, where a refusal is one line and exit 2; the node
     # checks again before it empties the directory (tasker/metrics/directory.py).
@@ -337,6 +354,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                                 "seconds, a number >= 0 (0 = off)", lambda v: v >= 0),
         log_format=_parse(env, "TASKER_LOG_FORMAT", "json", str.lower,
                           "json or text", lambda v: v in LOG_FORMATS),
+        histogram_buckets=_parse(env, "TASKER_HISTOGRAM_BUCKETS", None, _buckets,
+                                 "comma-separated seconds in increasing order, e.g. "
+                                 "0.01,0.05,0.1,0.5,1"),
+        native_histograms=_parse(env, "TASKER_NATIVE_HISTOGRAMS", True, _bool,
+                                 "true or false"),
+        native_schema=_parse(env, "TASKER_NATIVE_HISTOGRAM_SCHEMA", 5, int,
+                             "an integer from 0 to 8 (2**schema buckets per power of two)",
+                             lambda v: 0 <= v <= 8),
         log_level=_parse(env, "TASKER_LOG_LEVEL", "INFO", str.upper,
                          "DEBUG, INFO, WARNING, ERROR or CRITICAL", lambda v: v in LOG_LEVELS),
         otel_enabled=_parse(env, "TASKER_OTEL_ENABLED", False, _bool, "true or false"),
