@@ -100,10 +100,11 @@ def owner() -> str:
 def _take_lease(conn: psycopg.Connection, key: int, step_uuid: str | None = None) -> bool:
     for pause in LEASE_TRIES:
         time.sleep(pause)
-        taken = conn.execute("SELECT pg_try_advisory_lock(%s)", [key]).fetchone()[0]
-        conn.commit()  # a session lock outlives the transaction
-        if taken:
+        # A session lock outlives the transaction: once taken, the claim's
+        # commit ends this transaction (one round trip fewer per step).
+        if conn.execute("SELECT pg_try_advisory_lock(%s)", [key]).fetchone()[0]:
             return True
+        conn.commit()  # not idle in a transaction while pausing
     if step_uuid is not None and _end_orphaned_holder(conn, step_uuid):
         for pause in TAKEOVER_TRIES:
             time.sleep(pause)

@@ -371,24 +371,29 @@ def overdue_candidates(conn: psycopg.Connection, deadline_seconds: float, limit:
     have no open steps, but are excluded all the same.
     """
     with conn.cursor(row_factory=dict_row) as cur:
+        # Each branch walks its partial index in order and stops at the limit;
+        # the task of each row is then read by primary key in a scalar
+        # subquery (a join let the planner hash the whole tasks table).
+        cols = ("SELECT uuid, task_uuid, correlation_id, parent_correlation_id, state,"
+                " attempts, dispatches, updated_at, {since} AS since FROM tasker_steps")
         rows = cur.execute(
-            "WITH c AS ("
-            "  (SELECT uuid, dispatched_at AS since FROM tasker_steps"
+            "SELECT * FROM (SELECT c.uuid::text,"
+            "  (SELECT namespace || '.' || name FROM tasker_tasks WHERE uuid = c.task_uuid"
+            "   AND state IN ('pending', 'in_progress')) AS workflow,"
+            " c.correlation_id::text, c.parent_correlation_id::text, c.state, c.attempts,"
+            " c.dispatches, extract(epoch FROM now() - c.since)::float8 AS age_seconds,"
+            " c.updated_at, c.since FROM ("
+            f"  ({cols.format(since='dispatched_at')}"
             "   WHERE state IN ('dispatched', 'waiting_retry')"
             "   AND dispatched_at < now() - make_interval(secs => %s::float8)"
             "   ORDER BY dispatched_at LIMIT %s)"
             "  UNION ALL"
-            "  (SELECT uuid, claimed_at FROM tasker_steps WHERE state = 'running'"
+            f"  ({cols.format(since='claimed_at')} WHERE state = 'running'"
             "   AND claimed_at < now() - make_interval(secs => %s::float8)"
-            "   ORDER BY claimed_at LIMIT %s))"
-            " SELECT s.uuid::text, t.namespace || '.' || t.name AS workflow,"
-            " s.correlation_id::text, s.parent_correlation_id::text, s.state, s.attempts,"
-            " s.dispatches, extract(epoch FROM now() - c.since)::float8 AS age_seconds,"
-            " s.updated_at FROM c JOIN tasker_steps s ON s.uuid = c.uuid"
-            " JOIN tasker_tasks t ON t.uuid = s.task_uuid"
-            " WHERE t.state IN ('pending', 'in_progress') ORDER BY c.since",
+            "   ORDER BY claimed_at LIMIT %s)) c) o"
+            " WHERE workflow IS NOT NULL ORDER BY since",
             [deadline_seconds, limit, deadline_seconds, limit]).fetchall()
-    return [Candidate(**r) for r in rows]
+    return [Candidate(**{k: v for k, v in r.items() if k != "since"}) for r in rows]
 
 
 def mark_redispatched(conn: psycopg.Connection, chosen: Sequence[Candidate]
