@@ -193,7 +193,8 @@ def _run_leased(conn: psycopg.Connection, step_uuid: str, publish: Publish,
         if not records.still_claimed(conn, claim):
             conn.rollback()
             return "cancelled", claim, None
-        assert conn.info.transaction_status == TransactionStatus.INTRANS
+        if conn.info.transaction_status != TransactionStatus.INTRANS:
+            raise RuntimeError("a step's handler must run inside its attempt's transaction")
         results = records.dependency_results(conn, claim.task_uuid, spec.after)
         on_execution(wf.full_name)
         try:
