@@ -9,6 +9,7 @@ times, and its task finalized with no step left open.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -134,6 +135,14 @@ def test_finalized_tasks_leave_no_open_step_and_backlog_equals_open_work(
                                   " WHERE state IN ('pending', 'in_progress') GROUP BY state"))
     assert counts["steps"] == {s: direct.get(s, 0) for s in counts["steps"]}
     assert counts["tasks"] == {s: tasks.get(s, 0) for s in counts["tasks"]}
+    # And what the sampler exports as tasker_records_steps / tasker_records_tasks.
+    sample = subprocess.run([sys.executable, "-m", "tasker.cli.main", "sample", "--once",
+                             "--json"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert sample.returncode == 0, sample.stderr
+    records_source = json.loads(sample.stdout)["sources"]["records"]
+    assert records_source["up"] is True, records_source
+    assert records_source["values"]["steps"] == counts["steps"]
+    assert records_source["values"]["tasks"] == counts["tasks"]
 
 
 def test_results_postgresql_cannot_store_are_refused_before_writing() -> None:
