@@ -149,12 +149,15 @@ def run_status(args: argparse.Namespace) -> int:
         if task["error"]:
             console.print(f"  error: {task['error']}")
         table = Table()
-        for col in ("step", "state", "attempts", "delivery", "after", "result / error"):
+        # "messages": how many were published for the step (event, retries, poller).
+        for col in ("step", "state", "attempts", "messages", "delivery", "after",
+                    "result / error"):
             table.add_column(col)
         for step in task["steps"]:
             outcome = step["error"] or json.dumps(step["results"])
             table.add_row(step["name"], step["state"],
-                          f"{step['attempts']}/{step['max_attempts']}", step["delivery"] or "-",
-                          ",".join(step["depends_on"]) or "-", outcome[:80])
+                          f"{step['attempts']}/{step['max_attempts']}", str(step["dispatches"]),
+                          step["delivery"] or "-", ",".join(step["depends_on"]) or "-",
+                          outcome[:80])
         console.print(table)
     return 0
