@@ -51,8 +51,7 @@ def _groups_text(path: Path) -> str:
         if line and not line.startswith((" ", "#")):
             raise SystemExit(f"{path}: unexpected top-level key {line!r} after groups:")
         body.append(f"  {line}" if line else "")
-    rel = path.relative_to(REPO)
-    return f"    # --- {rel}\n" + "\n".join(body).rstrip("\n") + "\n"
+    return f"    # --- deploy/prometheus/rules/{path.name}\n" + "\n".join(body).rstrip("\n") + "\n"
 
 
 def render(rule_dir: Path = RULE_DIR) -> str:
