@@ -25,6 +25,7 @@ import re
 import socket
 import time
 import traceback
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -46,6 +47,10 @@ logger = logging.getLogger("tasker.workflows")
 LEASE_TRIES = (0.0, 0.05, 0.15)
 #: Pauses (s) for the lease after ending the backend of a dead holder.
 TAKEOVER_TRIES = (0.05, 0.1, 0.2, 0.4)
+#: ``client_connection_check_interval`` of step sessions, in milliseconds.
+CLIENT_CHECK_MS = 1000
+
+_watched: weakref.WeakSet[psycopg.Connection] = weakref.WeakSet()
 
 #: ``\u0000`` in JSON text, not preceded by an escaped backslash: PostgreSQL's
 #: jsonb rejects it (it cannot store NUL in text).
@@ -97,7 +102,27 @@ def owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def _watch_client(conn: psycopg.Connection) -> None:
+    """Ask the server to notice this client's death even inside a long query.
+
+    Without it, the backend of a SIGKILLed process keeps running a handler's
+    query (and holding the lease) until the query ends; with it, within
+    ``CLIENT_CHECK_MS``, so the lease of a dead attempt on another host is
+    freed for the poller too. Once per connection; PostgreSQL 14 and later.
+    """
+    if conn in _watched or conn.info.server_version < 140000:
+        return
+    try:
+        conn.execute("SELECT set_config('client_connection_check_interval', %s, false)",
+                     [str(CLIENT_CHECK_MS)])
+        conn.commit()
+    except psycopg.Error:  # a platform where the server cannot check: leave it
+        conn.rollback()
+    _watched.add(conn)
+
+
 def _take_lease(conn: psycopg.Connection, key: int, step_uuid: str | None = None) -> bool:
+    _watch_client(conn)
     for pause in LEASE_TRIES:
         time.sleep(pause)
         # A session lock outlives the transaction: once taken, the claim's
