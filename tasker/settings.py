@@ -183,7 +183,13 @@ def _host_name(raw: str) -> str:
     return candidate
 
 
-def _check_url_part(part: str, schemes: frozenset[str], *, redis_db: bool) -> None:
+#: ``ssl_cert_reqs`` values Celery's Redis backend and kombu's transport accept.
+_SSL_CERT_REQS = frozenset({"required", "optional", "none", "CERT_REQUIRED", "CERT_OPTIONAL",
+                            "CERT_NONE"})
+
+
+def _check_url_part(part: str, schemes: frozenset[str], *, redis_db: bool,
+                    need_cert_reqs: bool = False) -> None:
     """Refuse what kombu, redis-py or Celery would refuse later, with the reason."""
     try:
         parts = urlsplit(part)
@@ -216,17 +222,29 @@ def _check_url_part(part: str, schemes: frozenset[str], *, redis_db: bool) -> No
         if db and not (db.isdigit() and int(db) < 1_000_000):
             raise SettingsError(f"the Redis database number {unquote(db)!r} is not an "
                                 "integer >= 0")
-        for key, value in parse_qsl(parts.query):
+        query = dict(parse_qsl(parts.query))
+        for key, value in query.items():
             if key in ("virtual_host", "db") and not value.isdigit():
                 raise SettingsError(f"the Redis database number {value!r} is not an "
                                     "integer >= 0")
+        cert_reqs = query.get("ssl_cert_reqs")
+        if cert_reqs is not None and cert_reqs not in _SSL_CERT_REQS:
+            raise SettingsError(f"ssl_cert_reqs={cert_reqs!r} is not one of "
+                                "required, optional, none")
+        if need_cert_reqs and scheme == "rediss" and cert_reqs is None:
+            # Celery's Redis result backend refuses a rediss:// URL without it
+            # (ValueError when the first result is stored).
+            raise SettingsError("a rediss:// result backend needs ?ssl_cert_reqs=required "
+                                "(or optional, none)")
 
 
-def _failover_url(schemes: frozenset[str], *, redis_db: bool = True) -> Callable[[str], str]:
+def _failover_url(schemes: frozenset[str], *, redis_db: bool = True,
+                  need_cert_reqs: bool = False) -> Callable[[str], str]:
     """A URL, or kombu's ``;``-separated failover list of them, each part checked."""
     def convert(raw: str) -> str:
         for part in raw.split(";"):
-            _check_url_part(part.strip(), schemes, redis_db=redis_db)
+            _check_url_part(part.strip(), schemes, redis_db=redis_db,
+                            need_cert_reqs=need_cert_reqs)
         return raw
 
     return convert
@@ -245,7 +263,7 @@ def _broker_url(raw: str) -> str:
 def _result_backend(raw: str) -> str:
     if raw.startswith("db+"):  # SQLAlchemy URL: Celery validates it when it connects
         return raw
-    return _failover_url(RESULT_BACKEND_SCHEMES)(raw)
+    return _failover_url(RESULT_BACKEND_SCHEMES, need_cert_reqs=True)(raw)
 
 
 def _buckets(raw: str) -> tuple[float, ...]:

@@ -24,6 +24,8 @@ from tasker.settings import SettingsError, load_settings
     ("TASKER_BROKER_URL", "redis://:6379/0", "host"),
     ("TASKER_RESULT_BACKEND", "nosuch://h/0", "scheme"),
     ("TASKER_RESULT_BACKEND", "redis://h:6379/one", "database number"),
+    ("TASKER_RESULT_BACKEND", "rediss://h:6380/0", "ssl_cert_reqs"),
+    ("TASKER_BROKER_URL", "rediss://h:6380/0?ssl_cert_reqs=maybe", "ssl_cert_reqs"),
     ("TASKER_DATABASE_URL", "postgresql://h/db?nosuchparam=1", "nosuchparam"),
     ("TASKER_DATABASE_URL", "postgresql://h:99999/db", "port"),
     ("TASKER_DATABASE_URL", "postgresql:///db", "host"),
@@ -43,6 +45,7 @@ def test_url_parts_a_library_would_reject_later_are_refused_at_start_up(
     ("TASKER_BROKER_URL", "amqp://u:pw@[::1]:5672//"),
     ("TASKER_RESULT_BACKEND", "sentinel://:pw@h1:26379/0;sentinel://:pw@h2:26379/0"),
     ("TASKER_RESULT_BACKEND", "db+postgresql://u:pw@h/db"),
+    ("TASKER_RESULT_BACKEND", "rediss://:pw@h:6380/0?ssl_cert_reqs=required"),
     ("TASKER_DATABASE_URL", "postgresql://u@/db?host=/var/run/postgresql"),
     ("TASKER_DATABASE_URL", "postgresql://u:p1@h/db?password=p2&sslmode=require"),
 ])
