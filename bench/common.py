@@ -315,6 +315,8 @@ class Variant:
         worker_args: extra ``celery worker`` arguments (e.g. ``-E``).
         env: extra environment of the worker node (e.g. a tracing switch).
         publish_args: extra :mod:`bench.publish` arguments (e.g. ``--tasker-headers``).
+        publisher: the app whose publisher fills this node's queue, when it is not
+            ``app`` (``bare``: a plain Celery client, no tasker headers).
     """
 
     name: str
@@ -323,6 +325,7 @@ class Variant:
     worker_args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     publish_args: tuple[str, ...] = ()
+    publisher: str | None = None
 
     @property
     def celery_app(self) -> str:

@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default="bare_client_reuse,tasker")
     parser.add_argument("--tasks", type=int, default=600, help="tasks in the counted burst")
     parser.add_argument("--warmup", type=int, default=300, help="tasks before counting")
+    parser.add_argument("--keep", metavar="DIR",
+                        help="copy the callgrind dumps here (for callgrind_annotate)")
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("bench.instructions needs valgrind (callgrind_control)")
@@ -80,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
             per_task[name] = total / drain["tasks_timed"]
     finally:
         generation.stop()
+        if args.keep:
+            keep = Path(args.keep)
+            keep.mkdir(parents=True, exist_ok=True)
+            for name, worker in generation.workers.items():
+                for path in glob.glob(str(work / f"callgrind.out.{worker.pid}*-01")):
+                    shutil.copy(path, keep / f"{name}.{Path(path).name}")
         shutil.rmtree(work, ignore_errors=True)
     first = per_task[variants[0]]
     for name, value in per_task.items():

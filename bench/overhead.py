@@ -76,7 +76,7 @@ VARIANTS["bare_tasker_headers"] = Variant(
     publish_args=("--tasker-headers",))
 VARIANTS["tasker_no_received"] = Variant(
     "tasker_no_received", "tasker",
-    "tasker without its task_received receivers in the MainProcess (diagnostic: what "
+    "tasker without its receipt step in the MainProcess (diagnostic: what "
     "they cost; the received counter and the correlation check at receipt are off)",
     worker_args=("--include", "bench.no_received_receivers"))
 VARIANTS["bare_client_reuse"] = Variant(
@@ -89,6 +89,16 @@ VARIANTS["tasker_own_client"] = Variant(
     "tasker without that change (TASKER_REUSE_BROKER_CLIENT=false): what tasker's "
     "measuring costs, against bare",
     env=(("TASKER_REUSE_BROKER_CLIENT", "false"),))
+VARIANTS["tasker_plain_client"] = Variant(
+    "tasker_plain_client", "tasker",
+    "tasker fed by a plain Celery client (no tasker headers: every message's correlation "
+    "id is the worker's to give)",
+    publisher="bare")
+VARIANTS["tasker_no_periodic"] = Variant(
+    "tasker_no_periodic", "tasker",
+    "tasker without its periodic-work consumer in the MainProcess (diagnostic: what a "
+    "second consuming channel costs the event loop)",
+    worker_args=("--include", "bench.no_periodic_consumer"))
 DEFAULT_VARIANTS = ("bare", "bare_events", "bare_client_reuse", "tasker", "tasker_own_client",
                     "tasker_tracing")
 #: Variants whose pool processes record nothing: their /metrics.json cannot count the tasks.
@@ -220,7 +230,8 @@ class Generation:
     def start(self) -> None:
         total = self.warmup_tasks + self.burst * self.cycles
         for name in self.variants:
-            common.publish(VARIANTS[name].app, self.staging(name), count=total,
+            variant = VARIANTS[name]
+            common.publish(variant.publisher or variant.app, self.staging(name), count=total,
                            processes=2 if total >= 2000 else 1,
                            extra_args=VARIANTS[name].publish_args)
             staged = self.client.llen(self.staging(name))

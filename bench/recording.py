@@ -9,7 +9,7 @@ then sends Celery's task signals the way Celery does (``Signal.send`` with
 the keyword arguments Celery's tracer and consumer pass), so every receiver
 tasker connects and Celery's own dispatch are measured:
 
-* MainProcess, per task: ``task_received``;
+* MainProcess, per task: what :mod:`tasker.receipt` adds to Celery's handler;
 * pool process, per successful task: ``task_prerun``, ``task_success`` (which
   tasker does not connect: Celery's tracer then skips it) and ``task_postrun``
   (the task object is tasker's real ``diagnostics.noop`` with
@@ -105,15 +105,22 @@ def main(argv: list[str] | None = None) -> int:
         task = app.tasks["diagnostics.noop"]
         delivery_info = {"exchange": "", "routing_key": "celery", "priority": 0,
                          "redelivered": False}
-        received_request = SimpleNamespace(name=task.name, delivery_info=delivery_info)
         ids = [str(uuid.uuid4()) for _ in range(iterations)]
 
         from celery import signals
 
+        # What the MainProcess does per message (tasker.receipt), around a
+        # handler that does nothing: Celery's own work is not counted.
+        from tasker.receipt import receiving
+
+        message = SimpleNamespace(
+            headers={"task": task.name, "id": ids[0], "tasker_correlation_id": str(uuid.uuid4())},
+            delivery_info=delivery_info)
+
         def main_process(n: int) -> None:
-            send = signals.task_received.send
+            handler = receiving(task.name, lambda *_: None, recorder, False)
             for _ in range(n):
-                send(sender=None, request=received_request)
+                handler(message, None, None, None, None)
 
         def pool_process(n: int) -> dict[str, float]:
             """Seconds spent in each receiver over ``n`` tasks (the request push is excluded)."""
@@ -188,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
 
         cases = {
             "main_process_per_task": (main_process,
-                                      "task_received, dispatch included (MainProcess)", 5),
+                                      "receipt: correlation, received count (MainProcess)", 5),
             "node_state_record_finished": (node_state_update,
                                            "NodeState.record_finished() in a pool process "
                                            "(its own slot, no lock; part of task_postrun)", 1),

@@ -50,7 +50,7 @@ __all__ = [
     "new_correlation",
     "is_valid_correlation_id",
     "publish_stamp",
-    "ensure_correlation_on_receipt",
+    "on_receipt",
     "log_task_starts_if_enabled",
 ]
 
@@ -206,33 +206,42 @@ def _stamp_headers(headers: MutableMapping[str, Any] | None = None, **_: Any) ->
 _logged_missing = False
 
 
-def ensure_correlation_on_receipt(request: Any) -> None:
-    """MainProcess: log ``task.received`` with the message's correlation id.
+def on_receipt(task_name: str, headers: MutableMapping[str, Any], log_received: bool) -> bool:
+    """MainProcess, on a message's receipt (:mod:`tasker.receipt`): its correlation id.
 
-    A message from a non-tasker client (no or an invalid header) gets an id
-    here, which the pool process then sees; the first such message is logged.
-    Called for every message by :mod:`tasker.receipt`; never raises.
+    With ``log_received`` (``task.received`` is logged: INFO for
+    ``tasker.task``), a message without a valid id gets one in ``headers``
+    (before Celery copies them into the request the pool process sees) and the
+    line is logged with it. Without, only the first message without an id
+    gets one here (the receipt module says why). The first message given an
+    id here is logged (``correlation.assigned_at_receipt``, WARNING).
+
+    Returns whether a later message without an id still needs this call when
+    ``task.received`` is not logged (until one was given an id and logged).
+    Never raises.
     """
     global _logged_missing
     try:
-        headers = request._request_dict  # what the pool process will see as task.request
         given = headers.get(CORRELATION_HEADER)
-        if not is_valid_correlation_id(given):
+        # Protocol 2 only (a protocol 1 request is built from the body, not these headers).
+        if (not is_valid_correlation_id(given) and "task" in headers
+                and (log_received or not _logged_missing)):
             headers[CORRELATION_HEADER] = uuid7()
             if not _logged_missing:
                 _logged_missing = True
                 logger.warning("correlation.assigned_at_receipt", extra={
-                    "task": request.name, "task_id": request.id,
+                    "task": task_name, "task_id": headers.get("id"),
                     "reason": "invalid header" if given is not None else "no header",
                     "correlation_id": headers[CORRELATION_HEADER]})
-        if _task_logger.isEnabledFor(logging.INFO):
-            fields = {"task": request.name, "task_id": request.id,
-                      "correlation_id": headers[CORRELATION_HEADER]}
+        if log_received:
+            fields = {"task": task_name, "task_id": headers.get("id"),
+                      "correlation_id": headers.get(CORRELATION_HEADER)}
             if is_valid_correlation_id(headers.get(PARENT_HEADER)):
                 fields["parent_correlation_id"] = headers[PARENT_HEADER]
             _task_logger.info("task.received", extra=fields)
     except Exception:  # noqa: BLE001 - never fail a message over its correlation id
         logger.debug("correlation.assign_failed", exc_info=True)
+    return not _logged_missing
 
 
 def _log_task_started(**_: Any) -> None:

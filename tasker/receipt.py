@@ -1,26 +1,136 @@
-"""The MainProcess's one ``task_received`` receiver: what happens to each message on receipt.
+"""What the MainProcess does with each task message as it arrives, without a signal.
 
-The MainProcess is what limits a prefork node's throughput, and Celery's
-signal dispatch costs every message about 1.9 µs for a first receiver and
-0.5 µs for each further one (measured with ``Signal.send`` in a loop); so the correlation check
-(:func:`tasker.correlation.ensure_correlation_on_receipt`) and the received
-count (:func:`tasker.metrics.recording.record_received`) share this one.
-Neither raises into Celery.
+The MainProcess is what limits a prefork node's throughput. For each message
+Celery calls the handler it built for that task name (its *strategy*, in
+``consumer.strategies``), which makes the ``Request`` and hands it on. A
+consumer bootstep (:class:`Receipt`) wraps each of those handlers, so that
+for every message tasker:
+
+1. looks at the message's correlation id (``tasker_correlation_id`` in its
+   headers, before Celery copies them into the request): when ``task.received``
+   is logged (INFO for ``tasker.task``), an absent or invalid id is replaced
+   by a new one and the line carries it; otherwise only the first message
+   without an id is given one here, with the ``correlation.assigned_at_receipt``
+   warning, and later ones get theirs in the pool process when the task first
+   needs it (its first log line, a publish, a span: see
+   :func:`tasker.correlation.current_correlation_id`), the same id everywhere
+   from then on. Making a UUID for every message of a plain Celery client cost
+   the MainProcess about 8,000 instructions each, for an id nothing in the
+   MainProcess would have shown;
+2. hands the message to Celery's handler;
+3. counts it received (``tasker_tasks_received_total``): one addition in
+   memory, folded into the counter before every reading
+   (:meth:`tasker.metrics.recording.Recorder.flush_received`).
+
+It used to be a ``task_received`` receiver. Celery's dispatch of that signal
+alone cost every message about 11,000 instructions (``bench.instructions``),
+more than everything the receiver did. A side effect of counting here: a
+message Celery discards at receipt because it was revoked or has expired is
+counted received (and revoked); before, it was counted revoked only. Celery
+itself logs such a message as received before it discards it. A message
+Celery refuses (an invalid one: the handler raises) is not counted here; it
+is counted as rejected.
+
+Nothing here raises into Celery.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
-from celery.signals import task_received
+from celery import bootsteps
+from celery.signals import worker_init
 
-from tasker.correlation import ensure_correlation_on_receipt
-from tasker.metrics.recording import record_received
+from tasker.correlation import CORRELATION_HEADER, on_receipt
+from tasker.metrics import recording
 
-__all__ = ["on_task_received"]
+__all__ = ["Receipt", "receiving"]
+
+logger = logging.getLogger("tasker.receipt")
+_task_logger = logging.getLogger("tasker.task")
+
+#: Marks a handler this module made (so a restarted consumer never wraps one twice).
+_WRAPPED = "_tasker_receipt"
+
+Strategy = Callable[..., Any]
 
 
-@task_received.connect(weak=False)
-def on_task_received(sender: Any = None, request: Any = None, **_: Any) -> None:
-    ensure_correlation_on_receipt(request)
-    record_received(request)
+def receiving(name: str, strategy: Strategy, recorder: recording.Recorder | None,
+              log_received: bool) -> Strategy:
+    """Celery's handler of ``name``'s messages, with tasker's receipt around it.
+
+    Args:
+        name: the task name the handler is for.
+        strategy: Celery's handler (``task_message_handler``).
+        recorder: the node's recorder; None counts nothing.
+        log_received: whether ``task.received`` is logged (decided once, as
+            Celery decides for its own "Received task" line).
+    """
+    #: In-memory counts of the recorder, by the message's (exchange, routing key).
+    counts: dict[tuple[Any, Any], list[Any]] = {}
+    watching = True  # no message without an id seen yet (see the module doc)
+
+    def tasker_receipt(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any) -> Any:
+        nonlocal watching
+        headers: MutableMapping[str, Any] = message.headers
+        if log_received:
+            on_receipt(name, headers, True)
+        elif watching:
+            given = headers.get(CORRELATION_HEADER)
+            # Only the shape here: a full check costs about 3,000 instructions.
+            if given.__class__ is not str or len(given) != 36:
+                watching = on_receipt(name, headers, False)
+        result = strategy(message, body, ack, reject, callbacks)
+        if recorder is not None:
+            try:
+                info = message.delivery_info
+                key = (info.get("exchange"), info.get("routing_key"))
+                entry = counts.get(key)
+                if entry is None:
+                    entry = recorder.received_entry(name, info)
+                    if entry is None:  # past the recorder's bound: counted already
+                        return result
+                    counts[key] = entry
+                # Only this thread (the event loop) adds to entry[0]; the flush reads it.
+                entry[0] += 1
+            except Exception as exc:  # noqa: BLE001 - a count must never fail a message
+                recording.record_failed(recorder, "received", exc)
+        return result
+
+    setattr(tasker_receipt, _WRAPPED, True)
+    tasker_receipt.__wrapped__ = strategy  # type: ignore[attr-defined]
+    return tasker_receipt
+
+
+class Receipt(bootsteps.StartStopStep):
+    """Consumer bootstep: wraps the handler Celery built for each task name.
+
+    Started after Celery's ``Tasks`` step, which builds the handlers (again
+    at every reconnect, so this wraps them again then).
+    """
+
+    label = "tasker receipt"
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def start(self, c: Any) -> None:
+        recorder = recording.current()
+        log_received = _task_logger.isEnabledFor(logging.INFO)
+        strategies = c.strategies
+        for name, strategy in list(strategies.items()):
+            if not getattr(strategy, _WRAPPED, False):
+                strategies[name] = receiving(name, strategy, recorder, log_received)
+
+
+@worker_init.connect(weak=False)
+def _add_receipt_step(sender: Any = None, **_: Any) -> None:
+    """Add :class:`Receipt` to tasker's consumer (before Celery builds the consumer).
+
+    A signal rather than a line in :mod:`tasker.celery_app` so that everything
+    about receipt is in this module; only tasker's own app gets the step.
+    """
+    from tasker.celery_app import app
+
+    if getattr(sender, "app", None) is app:
+        app.steps["consumer"].add(Receipt)

@@ -287,17 +287,30 @@ class Recorder:
         Only this thread adds to ``entry[0]``; the flush only reads it, so no
         count is lost to a race.
         """
-        info = request.delivery_info or {}
-        key = (request.name, info.get("exchange"), info.get("routing_key"))
+        entry = self.received_entry(request.name, request.delivery_info)
+        if entry is not None:
+            entry[0] += 1
+
+    def received_entry(self, task_name: str | None,
+                       delivery_info: Mapping[str, Any] | None) -> list[Any] | None:
+        """The in-memory count of (task, exchange, routing key): ``[counted, flushed, series]``.
+
+        The caller adds to ``entry[0]`` (from the event loop's thread only;
+        :mod:`tasker.receipt` keeps the entries it was given). None once
+        10,000 keys are kept (bounded, as the series cache): then this call
+        counted the message in the counter itself.
+        """
+        info = delivery_info or {}
+        key = (task_name, info.get("exchange"), info.get("routing_key"))
         entry = self._received.get(key)
         if entry is None:
-            series = self.metrics.received.labels(self.task_label(request.name),
+            series = self.metrics.received.labels(self.task_label(task_name),
                                                   self.queue_label(info))
-            if len(self._received) >= 10_000:  # bounded, as the series cache
+            if len(self._received) >= 10_000:
                 series.inc()
-                return
+                return None
             entry = self._received[key] = [0, 0, series]
-        entry[0] += 1
+        return entry
 
     def flush_received(self) -> None:
         """Fold the received counts kept in memory into their counter (any thread)."""
@@ -464,7 +477,7 @@ def _count_own_failure(recorder: Recorder, stage: str, exc: Exception) -> None:
 
 
 def record_received(request: Any) -> None:
-    """MainProcess: count one received message (called by :mod:`tasker.receipt`)."""
+    """MainProcess: count one received message (:mod:`tasker.receipt`'s fallback)."""
     recorder = _recorder
     if recorder is not None:
         try:
