@@ -49,18 +49,49 @@ def stamp(key: str) -> float:
     Ground truth for the processing rate: the tests and benchmarks count the
     stamps that fall in a window. Uses the broker's Redis (a Redis broker only).
     """
+    now = time.time()
+    _stamp_client().rpush(key, repr(now))  # type: ignore[attr-defined]
+    return now
+
+
+@handler(bind=True)
+def timed(self, seconds: float, path: str) -> float:
+    """Sleep ``seconds``; append this run's runtime, as it measured it, to the file ``path``.
+
+    Ground truth for runtime percentiles: the tests compare Prometheus'
+    quantiles with these. Measured from the task's start as tasker records it
+    (its ``task_prerun``) to the end of the body, so it is what
+    ``tasker_task_runtime_seconds`` observes less Celery's few microseconds
+    after the body returns. One line per run, written with ``O_APPEND``.
+    """
+    import os
+
+    from tasker.metrics import recording
+
+    seconds = _seconds(seconds)
+    started = recording.started_at(self.request.id) or time.perf_counter()
+    time.sleep(seconds)
+    measured = time.perf_counter() - started
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{measured!r}\n".encode())
+    finally:
+        os.close(fd)
+    return measured
+
+
+def _stamp_client() -> object:
+    """One Redis client per pool process (never inherited through a fork)."""
     import os
 
     import redis
 
     from tasker.settings import get_settings
 
-    client = _stamp_clients.get(os.getpid())  # one client per pool process, never inherited
+    client = _stamp_clients.get(os.getpid())
     if client is None:
         client = _stamp_clients[os.getpid()] = redis.Redis.from_url(get_settings().broker_url)
-    now = time.time()
-    client.rpush(key, repr(now))  # type: ignore[attr-defined]
-    return now
+    return client
 
 
 @handler

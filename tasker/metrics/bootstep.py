@@ -197,7 +197,7 @@ class TaskerMetricsStep(bootsteps.StartStopStep):
         from tasker.registry import registry
 
         started = time.time()
-        metrics = create_metrics()
+        metrics = create_metrics(self.settings.histogram_buckets)
         state = NodeState.create(os.path.join(self.directory.path, NODE_STATE_FILE),
                                  self.settings.rate_window, self.settings.ema_alpha, started,
                                  pool_processes=_most_pool_processes(worker))
@@ -208,7 +208,9 @@ class TaskerMetricsStep(bootsteps.StartStopStep):
                      fleet=_fleet_view(self.settings, self.directory.path))
         recorder = recording.Recorder(
             metrics, state, hostname, known_tasks=lambda: app.tasks,
-            queue_names=_queue_resolver(app), directory=self.directory.path)
+            queue_names=_queue_resolver(app), directory=self.directory.path,
+            native_schema=self.settings.native_schema if self.settings.native_histograms
+            else None)
         recording.activate(recorder)
         _node.before_reading = recorder.flush_received
         _create_zero_series(recorder, app)
@@ -227,7 +229,8 @@ class TaskerMetricsStep(bootsteps.StartStopStep):
         self.node.worker = _worker_view(worker)
         s = self.settings
         self.server = MetricsServer(s.metrics_bind, s.metrics_port, self.node.families,
-                                    self.node.snapshot, self._health, s.metrics_token)
+                                    self.node.snapshot, self._health, s.metrics_token,
+                                    protobuf=self.node.protobuf)
         try:
             self.server.start()
             logger.info("metrics.serving", extra={

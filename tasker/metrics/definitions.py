@@ -19,14 +19,25 @@ from dataclasses import dataclass, fields
 
 from prometheus_client import Counter, Gauge, Histogram
 
-__all__ = ["TaskMetrics", "create_metrics", "RUNTIME_BUCKETS", "WAIT_BUCKETS", "LIVE_GAUGE_MODES"]
+__all__ = ["TaskMetrics", "create_metrics", "DEFAULT_BUCKETS", "RUNTIME_BUCKETS", "WAIT_BUCKETS",
+           "LIVE_GAUGE_MODES", "NATIVE_HISTOGRAMS"]
 
-#: Seconds; tasks range from sub-millisecond no-ops to long batch jobs.
-RUNTIME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                   10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
-#: Seconds from publish (or ETA) to start; backlogs can last hours.
-WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0)
+def _r10(first: int, last: int) -> tuple[float, ...]:
+    """Bounds 10**(k/10) for k in first..last, to 4 significant digits (1.259x apart)."""
+    return tuple(float(f"{10 ** (k / 10):.4g}") for k in range(first, last + 1))
+
+
+#: Seconds. Ten buckets per decade (neighbours 1.259x apart) from 1 ms to 63 s:
+#: ``histogram_quantile`` interpolates inside one bucket, so for any runtime in
+#: that range its p50 is off by at most 13 % and its p95 by at most 24.6 %
+#: (the old layout jumped from 50 to 100 ms: a 51 ms task read as 75 ms).
+#: Below 1 ms three coarse buckets, above 63 s a coarse tail to an hour.
+#: ``TASKER_HISTOGRAM_BUCKETS`` replaces them; native histograms (served to a
+#: Prometheus that asks for protobuf) need no layout at all.
+DEFAULT_BUCKETS = (0.0001, 0.00025, 0.0005, *_r10(-30, 18), 120.0, 300.0, 600.0, 1800.0,
+                   3600.0)
+#: Kept for readers of older code: both histograms use DEFAULT_BUCKETS now.
+RUNTIME_BUCKETS = WAIT_BUCKETS = DEFAULT_BUCKETS
 #: Seconds a caller waited for a pooled database connection.
 POOL_WAIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                      1.0, 2.5, 5.0, 10.0, 30.0)
@@ -66,9 +77,22 @@ class TaskMetrics:
     workflow_finalization: Histogram
 
 
-def create_metrics() -> TaskMetrics:
-    """Create the metric objects (unregistered: the node store reads their files)."""
-    metrics = _create_metrics()
+#: Fields of TaskMetrics whose histograms are also recorded as native
+#: histograms, with their label names (see tasker.metrics.native_series).
+NATIVE_HISTOGRAMS: dict[str, tuple[str, ...]] = {
+    "runtime": ("task", "queue"), "queue_wait": ("task", "queue"),
+    "workflow_duration": ("workflow",), "workflow_initialization": ("workflow",),
+    "workflow_finalization": ("workflow",)}
+
+
+def create_metrics(buckets: tuple[float, ...] | None = None) -> TaskMetrics:
+    """Create the metric objects (unregistered: the node store reads their files).
+
+    Args:
+        buckets: classic bucket bounds of the runtime, queue-wait and workflow
+            histograms (default :data:`DEFAULT_BUCKETS`).
+    """
+    metrics = _create_metrics(buckets or DEFAULT_BUCKETS)
     _renew_label_locks_after_fork(metrics)
     return metrics
 
@@ -95,7 +119,7 @@ def _renew_label_locks_after_fork(metrics: TaskMetrics) -> None:
     os.register_at_fork(after_in_child=renew)
 
 
-def _create_metrics() -> TaskMetrics:
+def _create_metrics(buckets: tuple[float, ...]) -> TaskMetrics:
     task_labels = ("task", "queue")
     return TaskMetrics(
         # Recorded in the MainProcess (task_received).
@@ -119,10 +143,10 @@ def _create_metrics() -> TaskMetrics:
                          ("reason",), registry=None),
         runtime=Histogram("tasker_task_runtime_seconds",
                           "Task runtime from start to finish, every outcome.",
-                          task_labels, buckets=RUNTIME_BUCKETS, registry=None),
+                          task_labels, buckets=buckets, registry=None),
         queue_wait=Histogram("tasker_task_queue_wait_seconds",
                              "Seconds from publish (or ETA) to start.",
-                             task_labels, buckets=WAIT_BUCKETS, registry=None),
+                             task_labels, buckets=buckets, registry=None),
         # livesum: a process that dies stops counting at once.
         tasks_active=Gauge("tasker_worker_tasks_active", "Tasks executing now.",
                            ("worker",), multiprocess_mode="livesum", registry=None),
@@ -163,7 +187,7 @@ def _create_metrics() -> TaskMetrics:
                                 ("workflow", "path"), registry=None),
         workflow_duration=Histogram("tasker_workflow_duration_seconds",
                                     "Task request end to end: recorded to finalized.",
-                                    ("workflow",), buckets=WAIT_BUCKETS, registry=None),
+                                    ("workflow",), buckets=buckets, registry=None),
         workflow_initialization=Histogram("tasker_workflow_initialization_seconds",
                                           "Submit: validate, record, dispatch the first steps.",
                                           ("workflow",), buckets=POOL_WAIT_BUCKETS,

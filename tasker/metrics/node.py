@@ -20,7 +20,7 @@ import psutil
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from tasker.metrics import identity
+from tasker.metrics import identity, protobuf
 from tasker.metrics.definitions import TaskMetrics
 from tasker.metrics.node_state import NodeState
 from tasker.metrics.store import MetricStore, StoreReading
@@ -172,6 +172,13 @@ class Node:
         """Every metric family of ``/metrics``."""
         reading, v = self.read()
         return reading.families() + self._node_families(v) + self._fleet_families()
+
+    def protobuf(self) -> bytes:
+        """``/metrics`` in Prometheus' protobuf format: the same families, native
+        histograms attached to the classic ones (see :mod:`tasker.metrics.protobuf`)."""
+        reading, v = self.read()
+        families = reading.families() + self._node_families(v) + self._fleet_families()
+        return protobuf.encode(families, reading.native_histograms())
 
     def _fleet_families(self) -> list[Metric]:
         return self.fleet.families() if self.fleet is not None else []

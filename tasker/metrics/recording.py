@@ -54,7 +54,8 @@ from celery.signals import (
 from celery.states import SUCCESS
 
 from tasker.correlation import PUBLISHED_AT_HEADER
-from tasker.metrics.definitions import TaskMetrics
+from tasker.metrics.definitions import NATIVE_HISTOGRAMS, TaskMetrics
+from tasker.metrics.native_series import NativeObserving, NativeSeries
 from tasker.metrics.node_state import NodeState
 from tasker.metrics.values import add_each, adder_of
 
@@ -79,22 +80,29 @@ class _HistogramValues:
 
     prometheus_client keeps a multiprocess histogram as one value per bucket
     (not cumulative; the readers add them up) plus the sum: ``observe(x)``
-    adds 1 to the first bucket whose bound is >= x and x to the sum.
+    adds 1 to the first bucket whose bound is >= x and x to the sum; and
+    1 to its native bucket when native histograms are on.
     """
 
     bounds: list[float]
     buckets: list[Any]
     total: Any
+    native: NativeSeries | None = None
 
-    def pairs(self, amount: float) -> tuple[tuple[Any, float], tuple[Any, float]]:
-        return (self.buckets[bisect.bisect_left(self.bounds, amount)], 1.0), (self.total, amount)
+    def pairs(self, amount: float) -> tuple[tuple[Any, float], ...]:
+        classic = (self.buckets[bisect.bisect_left(self.bounds, amount)], 1.0), (self.total,
+                                                                                 amount)
+        if self.native is None:
+            return classic
+        return (*classic, self.native.pair(amount))
 
 
 class _Observing:
     """A histogram child whose values are not reachable: ``observe`` through it, one by one."""
 
-    def __init__(self, child: Any) -> None:
-        self.inc = child.observe  # what add_each calls, with the observed amount
+    def __init__(self, child: Any, native: NativeSeries | None = None) -> None:
+        # what add_each calls, with the observed amount
+        self.inc = NativeObserving(child, native).observe if native else child.observe
 
     def pairs(self, amount: float) -> tuple[tuple[Any, float]]:
         return ((self, amount),)
@@ -119,17 +127,19 @@ class _TaskSeries:
 
     @classmethod
     def of(cls, started: Any, succeeded: Any, runtime: Any, queue_wait: Any,
-           active: Any) -> _TaskSeries:
-        """From the labelled children of the five metrics."""
+           active: Any, native_runtime: NativeSeries | None = None,
+           native_wait: NativeSeries | None = None) -> _TaskSeries:
+        """From the labelled children of the five metrics (and their native buckets)."""
         try:  # prometheus_client's children keep their values here (0.20 up to 0.26 at least)
             values = (started._value, succeeded._value, active._value,
                       _HistogramValues(list(runtime._upper_bounds), runtime._buckets,
-                                       runtime._sum),
+                                       runtime._sum, native_runtime),
                       _HistogramValues(list(queue_wait._upper_bounds), queue_wait._buckets,
-                                       queue_wait._sum))
+                                       queue_wait._sum, native_wait))
             add = adder_of(values[0])
         except AttributeError:  # another layout: the public methods, one by one
-            values = (started, succeeded, active, _Observing(runtime), _Observing(queue_wait))
+            values = (started, succeeded, active, _Observing(runtime, native_runtime),
+                      _Observing(queue_wait, native_wait))
             add = add_each
         return cls(add, *values)
 
@@ -144,13 +154,19 @@ class Recorder:
         known_tasks: task names this node runs (anything else is ``unregistered``).
         queue_names: maps (exchange, routing key) to the queue a message came from.
         directory: the node's multiprocess directory.
+        native_schema: the schema of native histograms, None to record none.
     """
 
     def __init__(self, metrics: TaskMetrics, node_state: NodeState, worker: str,
                  known_tasks: Callable[[], Mapping[str, Any]],
                  queue_names: Callable[[str | None, str | None], str],
-                 directory: str = "") -> None:
+                 directory: str = "", native_schema: int | None = None) -> None:
         self.metrics = metrics
+        self.native_schema = native_schema
+        #: id() of the histograms also recorded as native histograms.
+        self._native_metrics = {id(getattr(metrics, name)): labelnames
+                                for name, labelnames in NATIVE_HISTOGRAMS.items()
+                                } if native_schema is not None else {}
         self.node_state = node_state
         self.worker = worker
         self.directory = directory
@@ -171,12 +187,29 @@ class Recorder:
     # Label helpers -------------------------------------------------------
 
     def child(self, metric: Any, *labels: str) -> Any:
-        """``metric.labels(*labels)``, cached: ``labels()`` costs more than ``inc()``."""
+        """``metric.labels(*labels)``, cached: ``labels()`` costs more than ``inc()``.
+
+        A histogram recorded natively too comes wrapped: its ``observe`` also
+        fills the native buckets.
+        """
         key = (id(metric), labels)
         found = self._children.get(key)
         if found is None:
-            found = self._children[key] = metric.labels(*labels)
+            found = metric.labels(*labels)
+            native = self.native_of(metric, labels)
+            if native is not None:
+                found = NativeObserving(found, native)
+            self._children[key] = found
         return found
+
+    def native_of(self, metric: Any, labels: tuple[str, ...]) -> NativeSeries | None:
+        """The native buckets of one labelled histogram, or None when it has none."""
+        labelnames = self._native_metrics.get(id(metric))
+        if labelnames is None or self.native_schema is None:
+            return None
+        family = metric.describe()[0]  # public: the family's name and help text
+        return NativeSeries(family.name, family.documentation, labelnames, labels,
+                            self.native_schema)
 
     def task_label(self, name: str | None) -> str:
         return name if name and name in self._known_tasks() else UNREGISTERED
@@ -209,7 +242,9 @@ class Recorder:
             m = self.metrics
             found = _TaskSeries.of(*(metric.labels(*labels) for metric in (
                 m.started, m.succeeded, m.runtime, m.queue_wait)),
-                active=m.tasks_active.labels(self.worker))
+                active=m.tasks_active.labels(self.worker),
+                native_runtime=self.native_of(m.runtime, labels),
+                native_wait=self.native_of(m.queue_wait, labels))
             if len(self._series) < 10_000:  # task names are bounded; never grow without end
                 self._series[key] = found
         return found
@@ -474,6 +509,18 @@ def _count_own_failure(recorder: Recorder, stage: str, exc: Exception) -> None:
         recorder.child(recorder.metrics.metrics_errors, stage).inc()
     except Exception:  # noqa: BLE001 - e.g. the metrics directory itself is broken
         pass
+
+
+def started_at(task_id: str) -> float | None:
+    """``time.perf_counter()`` when this process's ``task_prerun`` saw ``task_id`` start.
+
+    The start of the runtime tasker observes: a task that measures itself from
+    here measures what ``tasker_task_runtime_seconds`` records, less the
+    moment between its return and ``task_postrun`` (``diagnostics.timed``).
+    """
+    recorder = _recorder
+    entry = recorder._started.get(task_id) if recorder is not None else None
+    return entry[0] if entry is not None else None
 
 
 def record_received(request: Any) -> None:

@@ -43,6 +43,8 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.metrics_core import Metric
 
 from tasker.metrics.exposition import TextExposition
+from tasker.metrics.protobuf import CONTENT_TYPE as PROTOBUF_CONTENT_TYPE
+from tasker.metrics.protobuf import accepts_protobuf
 
 __all__ = ["MetricsServer", "MetricsServerError", "REQUEST_TIMEOUT", "SERVER_THREADS",
            "MAX_PENDING", "MAX_ANSWERING", "MAX_DESCRIPTORS"]
@@ -93,6 +95,7 @@ class _Request:
     method: str
     path: str
     authorization: str | None
+    accept: str | None = None
 
 
 def _parse_head(head: bytes) -> _Request | None:
@@ -105,12 +108,17 @@ def _parse_head(head: bytes) -> _Request | None:
     parts = lines[0].split()
     if len(parts) != 3 or not parts[2].startswith("HTTP/"):
         return None
-    authorization = None
+    authorization = accept = None
     for line in lines[1:]:
         name, sep, value = line.partition(":")
-        if sep and name.strip().lower() == "authorization":
+        if not sep:
+            continue
+        name = name.strip().lower()
+        if name == "authorization":
             authorization = value.strip()
-    return _Request(parts[0], parts[1].split("?", 1)[0], authorization)
+        elif name == "accept":
+            accept = value.strip()
+    return _Request(parts[0], parts[1].split("?", 1)[0], authorization, accept)
 
 
 def _response(status: int, content_type: str, body: bytes,
@@ -148,8 +156,11 @@ class MetricsServer:
 
     def __init__(self, bind: str, port: int, families: Callable[[], list[Metric]],
                  snapshot: Callable[[], dict[str, Any]],
-                 health: Callable[[], tuple[bool, str]], token: str | None = None) -> None:
+                 health: Callable[[], tuple[bool, str]], token: str | None = None,
+                 protobuf: Callable[[], bytes] | None = None) -> None:
         self.bind, self.requested_port = bind, port
+        #: The protobuf exposition, for scrapers that ask for it (native histograms).
+        self._protobuf = protobuf
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_FamiliesCollector(families))  # type: ignore[arg-type]
         self._registry = registry
@@ -342,29 +353,33 @@ class MetricsServer:
             self._send_nowait(sock, _json_error(503, "busy", {"Retry-After": "1"}))
             return
         try:
-            executor.submit(self._answer, sock, request.path, slots)
+            executor.submit(self._answer, sock, request.path, slots, request.accept)
         except RuntimeError:  # shut down meanwhile
             slots.release()
             _close(sock)
 
     # --------------------------------------------------------------- answer threads
 
-    def _answer(self, sock: socket.socket, path: str, slots: threading.BoundedSemaphore) -> None:
+    def _answer(self, sock: socket.socket, path: str, slots: threading.BoundedSemaphore,
+                accept: str | None = None) -> None:
         try:
-            self._write(sock, self._build(path))
+            self._write(sock, self._build(path, accept))
         except Exception:  # noqa: BLE001 - one bad client must not stop the server
             logger.debug("metrics.http_error", exc_info=True)
         finally:
             _close(sock)
             slots.release()
 
-    def _build(self, path: str) -> bytes:
+    def _build(self, path: str, accept: str | None = None) -> bytes:
         if path == "/healthz":
             healthy, reason = self._health()
             body = json.dumps({"status": "ok" if healthy else "unavailable",
                                "reason": reason}).encode()
             return _response(200 if healthy else 503, "application/json", body)
         try:
+            if path == "/metrics" and self._protobuf is not None and accepts_protobuf(accept):
+                # What a Prometheus with native histograms asks for (content negotiation).
+                return _response(200, PROTOBUF_CONTENT_TYPE, self._protobuf())
             if path == "/metrics":
                 # Classic text format 0.0.4: every Prometheus 2.x parses it, and
                 # tasker's names need none of 1.0.0's UTF-8 escaping.

@@ -54,13 +54,16 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString
 
 from tasker.metrics import identity
+from tasker.metrics.native import NativeCounts, reduce_schema
+from tasker.metrics.native_series import BUCKET_LABEL, NATIVE_TYPE, parse_bucket
 
 __all__ = ["MetricStore", "StoreReading", "Series"]
 
 logger = logging.getLogger("tasker.metrics")
 
 _HEADER = struct.Struct("<i")
-_FILE_TYPES = frozenset({"counter", "histogram", "gauge"})
+#: prometheus_client's file types, and tasker's native histogram buckets (native_series.py).
+_FILE_TYPES = frozenset({"counter", "histogram", "gauge", NATIVE_TYPE})
 #: Seconds an entry may stay incomplete (its writer is between the two stores
 #: of an append) before the file is reported as corrupt.
 INCOMPLETE_GRACE = 2.0
@@ -137,8 +140,45 @@ class StoreReading:
         return len(owners)
 
     def families(self) -> list[Metric]:
-        """Metric families for prometheus_client's exposition."""
+        """Metric families for prometheus_client's exposition (classic histograms only)."""
         return _build_families(self)
+
+    def native_histograms(self) -> dict[tuple[str, tuple[tuple[str, str], ...]],
+                                        NativeCounts]:
+        """Native histograms by (family name, labels), every process's buckets merged.
+
+        Buckets written at different schemas (a node restarted with another
+        ``TASKER_NATIVE_HISTOGRAM_SCHEMA`` keeps no files, but a directory may
+        be read by another tool) are merged at the coarsest of them, exactly.
+        """
+        parts: dict[tuple[str, tuple[tuple[str, str], ...]],
+                    dict[int, NativeCounts]] = defaultdict(dict)
+        for sid, value in self.totals.items():
+            s = self.series[sid]
+            if s.typ != NATIVE_TYPE:
+                continue
+            labels = dict(s.labels)
+            parsed = parse_bucket(labels.pop(BUCKET_LABEL, ""))
+            if parsed is None:
+                continue
+            schema, index = parsed
+            key = (s.metric, tuple(sorted(labels.items())))
+            counts = parts[key].setdefault(schema, NativeCounts(schema))
+            if index is None:
+                counts.zero_count += value
+            else:
+                counts.buckets[index] = counts.buckets.get(index, 0.0) + value
+        merged = {}
+        for key, by_schema in parts.items():
+            schema = min(by_schema)
+            out = NativeCounts(schema)
+            for counts in by_schema.values():
+                out.zero_count += counts.zero_count
+                for index, count in reduce_schema(counts.buckets, counts.schema,
+                                                  schema).items():
+                    out.buckets[index] = out.buckets.get(index, 0.0) + count
+            merged[key] = out
+        return merged
 
 
 class MetricStore:
@@ -390,6 +430,8 @@ def _build_families(reading: StoreReading) -> list[Metric]:
     buckets: dict[tuple[str, tuple[tuple[str, str], ...]], dict[float, float]] = defaultdict(dict)
     for sid, value in reading.totals.items():
         s = reading.series[sid]
+        if s.typ == NATIVE_TYPE:
+            continue  # served in the protobuf exposition only (see native_histograms)
         family = families.get(s.metric)
         if family is None:
             family = families[s.metric] = Metric(s.metric, s.help, s.typ)
