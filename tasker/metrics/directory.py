@@ -8,9 +8,10 @@ default directory whose lock is free belongs to a node that is gone and can be
 removed.
 
 A configured directory is only ever emptied of files tasker itself creates
-(:func:`foreign_entries` tells them apart): a directory that holds anything
-else (a shared temporary directory, a data directory set by mistake) is
-refused, and nothing in it is touched.
+(:func:`foreign_entries` tells them apart). A directory that is not tasker's
+(no ``node.lock``) and holds anything (a shared temporary directory, a data
+directory set by mistake) is refused, and nothing in it is touched. In
+tasker's own directory, a file tasker did not create is left where it is.
 """
 
 from __future__ import annotations
@@ -36,12 +37,13 @@ _LOCK_NAME = "node.lock"
 #: Every name tasker creates in a node directory: the lock, the node state
 #: (tasker/metrics/node_state.py), the fleet export and sampler locks
 #: (tasker/sampler/), pool-process markers (tasker/metrics/node.py), and
-#: prometheus_client's value files named by tasker's process identifier
-#: ``<pid>-<start ticks>`` (tasker/metrics/identity.py). Keep in step with them.
+#: value files (prometheus_client's format) named by tasker's process
+#: identifier ``<pid>-<start ticks>`` (tasker/metrics/identity.py): ``counter_``,
+#: ``gauge_livesum_``, ``native_``... A name not matched here is never deleted.
 _TASKER_NAME = re.compile(
     r"""^(?:node\.lock|node_state\.bin(?:\.tmp)?|fleet\.json(?:\.\d+\.tmp)?|fleet\.lock
         |sampler\.lock|(?:proc|exit)_\d+-\d+
-        |(?:counter|histogram|summary|gauge_[a-z]+)_\d+-\d+\.db)$""", re.VERBOSE)
+        |[a-z]+(?:_[a-z]+)?_\d+-\d+\.db)$""", re.VERBOSE)
 
 
 class DirectoryInUseError(RuntimeError):
@@ -70,7 +72,10 @@ def foreign_entries(path: str) -> list[str]:
 
 
 def refuse_foreign(path: str) -> None:
-    """Raise :class:`ForeignFilesError` naming the variable if ``path`` holds others' files."""
+    """Raise :class:`ForeignFilesError` naming the variable if ``path`` is not tasker's
+    directory (no ``node.lock``) and holds anything."""
+    if os.path.exists(os.path.join(path, _LOCK_NAME)):
+        return  # tasker's: only its own files are removed, the rest stays
     foreign = foreign_entries(path)
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3
@@ -163,11 +168,14 @@ def prepare_directory(configured: str | None) -> NodeDirectory:
             f"PROMETHEUS_MULTIPROC_DIR={configured} is in use by another live worker node "
             f"(pid {holder}); give each node its own directory"
         )
-    # Only tasker's own files go, even if someone added one since the check
-    # above: anything else is left where it is.
+    # Only tasker's own files go: anything else is left where it is.
     for entry in os.scandir(configured):
         if entry.name == _LOCK_NAME or not _TASKER_NAME.match(entry.name):
             continue
         if not entry.is_dir(follow_symlinks=False):
             os.unlink(entry.path)
+    left = foreign_entries(configured)
+    if left:
+        logger.warning("metrics.directory_foreign_entries",
+                       extra={"directory": configured, "entries": left[:10]})
     return NodeDirectory(configured, False, fd)

@@ -388,7 +388,8 @@ def test_a_directory_left_by_a_dead_node_loses_only_tasker_files(tmp_path: Path)
 
     left = tmp_path / "left"
     first = node_directory.prepare_directory(str(left))
-    for name in ("counter_11-22.db", "gauge_livesum_11-22.db", "proc_11-22", "fleet.json"):
+    for name in ("counter_11-22.db", "gauge_livesum_11-22.db", "native_11-22.db",
+                 "proc_11-22", "fleet.json"):
         (left / name).write_bytes(b"x")
     first.release()  # the node is gone; its files stay (a configured directory is kept)
     second = node_directory.prepare_directory(str(left))
@@ -396,13 +397,18 @@ def test_a_directory_left_by_a_dead_node_loses_only_tasker_files(tmp_path: Path)
         assert sorted(p.name for p in left.iterdir()) == ["node.lock"]
     finally:
         second.release()
-    # Someone then puts a file of theirs in it: the next start refuses and keeps it.
+    # Someone then puts files of theirs in tasker's directory: the next start
+    # removes tasker's files only.
     (left / "counter_11-22.db").write_bytes(b"x")
     (left / "mine.csv").write_bytes(b"1,2\n")
-    with pytest.raises(RuntimeError, match="mine.csv"):
-        node_directory.prepare_directory(str(left))
-    assert (left / "mine.csv").read_bytes() == b"1,2\n"
-    assert (left / "counter_11-22.db").exists()
+    (left / "counter_4242.db").write_bytes(b"y")  # not named by tasker's identity
+    third = node_directory.prepare_directory(str(left))
+    try:
+        assert sorted(p.name for p in left.iterdir()) == ["counter_4242.db", "mine.csv",
+                                                           "node.lock"]
+        assert (left / "mine.csv").read_bytes() == b"1,2\n"
+    finally:
+        third.release()
 
 
 @pytest.mark.timeout(120)
