@@ -9,7 +9,6 @@ holds.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Iterator
 
@@ -61,8 +60,6 @@ def _costs(client: redis.Redis, fn) -> tuple[object, float, int]:
     entries = client.slowlog_get(1024)
     usec = sum(e["duration"] for e in entries
                if (e["command"].split() or [b""])[0].upper() not in _OURS | _IN_SCRIPTS)
-    if os.environ.get("TASKER_TEST_SLOWLOG"):
-        print([(e["command"][:12], e["duration"]) for e in entries])
     moved = sum(after[k] - before[k] for k in ("total_net_input_bytes", "total_net_output_bytes"))
     return result, usec / 1000, moved
 
