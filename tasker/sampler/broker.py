@@ -52,6 +52,9 @@ UNACKED_BATCH = 1000
 #: Seconds of delivery stamps re-read when deliveries appear behind the cursor
 #: (workers' clocks stamp them, and clocks differ a little).
 UNACKED_LOOKBACK = 10.0
+#: Seconds of Redis time one sample may spend reading new deliveries' bodies
+#: (besides UNACKED_BATCH): a script blocks Redis while it runs.
+UNACKED_BUDGET = 0.008
 #: Seconds the attribution cursor trails the newest delivery: a delivery is
 #: stamped before it is written, so one can land just behind a newer one.
 UNACKED_SETTLE = 2.0
@@ -160,7 +163,7 @@ def _sample_redis(
             pipe.eval(_UNACKED_SCRIPT, 3, unacked_key, prefix + chan.unacked_index_key,
                       # Versioned: a new layout never reads an old one's keys.
                       unacked_key + ".tasker.v2.", UNACKED_BATCH, UNACKED_LOOKBACK,
-                      UNACKED_BUCKET, UNACKED_SETTLE)
+                      UNACKED_BUCKET, UNACKED_SETTLE, int(UNACKED_BUDGET * 1e6))
         # Errors per command: a wrongly typed key costs only what it holds.
         replies, *rest = pipe.execute(raise_on_error=False)
     if isinstance(replies, Exception):
@@ -267,7 +270,7 @@ def _level_keys(queue: str, priority_steps: Iterable[int], sep: str) -> list[str
 
 #: KEYS: kombu's unacked hash, its unacked_index zset (tag -> delivery time),
 #: and the prefix of this script's own keys. ARGV: batch, lookback seconds,
-#: bucket width in seconds, settle seconds.
+#: bucket width in seconds, settle seconds, time budget for reading bodies (µs).
 #: Returns {"ok", unattributed, route, count, route, count, ...} or {"wrongtype"}.
 #:
 #: The hash holds every unacked message body (HVALS of 50,000 held 2 KB
@@ -278,7 +281,8 @@ def _level_keys(queue: str, priority_steps: Iterable[int], sep: str) -> list[str
 #: per route as of its last count; a cursor remembers the newest delivery
 #: time attributed. Each sample:
 #:
-#: * attributes at most ``batch`` deliveries newer than the cursor (HGET of
+#: * attributes at most ``batch`` deliveries newer than the cursor, and no
+#:   more than the time budget allows (HGET of
 #:   the body, exchange and routing key cut from its tail: kombu stores
 #:   ``json([message, exchange, routing_key])``);
 #: * per bucket, compares the index's count in the bucket's score range
@@ -304,7 +308,12 @@ if (th ~= 'hash' and th ~= 'none') or (ti ~= 'zset' and ti ~= 'none') then
 end
 local seen, cursor_key, buckets, totals = m .. 'seen', m .. 'cursor', m .. 'buckets', m .. 'totals'
 local batch, lookback, width = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local settle = tonumber(ARGV[4])
+local settle, budget_us = tonumber(ARGV[4]), tonumber(ARGV[5])
+local function now_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local started = now_us()
 local function intercard(a, b)
   local n = redis.pcall('ZINTERCARD', 2, a, b)
   if type(n) == 'table' and n.err then  -- Redis < 7: count through a scratch key
@@ -331,9 +340,15 @@ local cursor = redis.call('GET', cursor_key)
 local from = '-inf'
 if cursor then from = '(' .. cursor end
 local new = redis.call('ZRANGEBYSCORE', index, from, '+inf', 'WITHSCORES', 'LIMIT', 0, batch)
-local dirty, last = {}, nil
+local dirty, last, stopped = {}, nil, false
 for i = 1, #new, 2 do
   local tag, score = new[i], new[i + 1]
+  -- Redis runs nothing else meanwhile: stop after the time budget, the next
+  -- sample goes on from here.
+  if i % 128 == 1 and i > 1 and now_us() - started > budget_us then
+    stopped = true
+    break
+  end
   if not redis.call('ZSCORE', seen, tag) then
     local v = redis.call('HGET', hash, tag)
     local route = '!'  -- no body (being acked right now), or not kombu's format
@@ -347,7 +362,7 @@ for i = 1, #new, 2 do
   end
   last = score
 end
-if last and #new == 2 * batch then
+if last and (stopped or #new == 2 * batch) then
   cursor = last  -- a backlog: go on from here next time
 elseif last then
   -- Caught up. The cursor trails the newest delivery by ``settle`` seconds:
@@ -410,7 +425,7 @@ else redis.call('DEL', seen) end
 -- Every attributed tag is in exactly one bucket and route: the rest of the index is not.
 local unattributed = redis.call('ZCARD', index) - attributed
 local behind_key = m .. 'behind'
-if unattributed > 0 and #new < 2 * batch and cursor then
+if unattributed > 0 and #new < 2 * batch and not stopped and cursor then
   -- Entries behind the cursor: step back so the next samples pick them up.
   cursor = string.format('%.17g', tonumber(cursor) - lookback)
   if redis.call('INCR', behind_key) >= 3 then
