@@ -7,11 +7,13 @@ Built for a port anyone may reach (Compose binds ``0.0.0.0``):
   (not when a thread gets round to it), so a client that sends nothing, or
   one byte a second, is dropped after 2 s whatever else is going on;
 * at most ``MAX_PENDING`` connections are open while their head arrives;
-  one more closes the oldest of them. A flood of idle connections therefore
-  costs the node a bounded number of descriptors and churns through the
-  attacker's own connections, while a fresh client, which sends its head at
-  once, is read within one pass of the loop (accepts come in batches smaller
-  than ``MAX_PENDING``, so a new connection is never evicted unread);
+  one more closes the oldest connection of the peer address holding the most
+  of them. A flood of idle connections therefore costs the node a bounded
+  number of descriptors and churns through the attacker's own connections
+  (another address, say the orchestrator's health check, is not evicted for
+  it), while a fresh client, which sends its head at once, is read within
+  one pass of the loop (accepts come in batches smaller than
+  ``MAX_PENDING``, so a new connection is never evicted unread);
 * a complete request is answered by a small pool: one thread for
   ``/healthz`` (never queued behind a slow scrape) and ``SERVER_THREADS``
   for ``/metrics`` and ``/metrics.json``. At most ``MAX_ANSWERING`` answers
@@ -33,6 +35,7 @@ import selectors
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -88,6 +91,41 @@ class _Pending:
     sock: socket.socket
     deadline: float
     head: bytearray
+    peer: str = ""
+
+
+class _PendingSet:
+    """Connections waiting for their head, in accept order (hence deadline order)."""
+
+    def __init__(self) -> None:
+        self._conns: dict[socket.socket, _Pending] = {}
+        self._per_peer: Counter[str] = Counter()
+
+    def __len__(self) -> int:
+        return len(self._conns)
+
+    def add(self, conn: _Pending) -> None:
+        self._conns[conn.sock] = conn
+        self._per_peer[conn.peer] += 1
+
+    def pop(self, sock: socket.socket) -> _Pending | None:
+        conn = self._conns.pop(sock, None)
+        if conn is not None:
+            self._per_peer[conn.peer] -= 1
+            if not self._per_peer[conn.peer]:
+                del self._per_peer[conn.peer]
+        return conn
+
+    def oldest(self) -> _Pending:
+        return next(iter(self._conns.values()))
+
+    def victim(self) -> _Pending:
+        """The oldest connection of the peer holding the most: a flood evicts its own."""
+        busiest = max(self._per_peer, key=self._per_peer.__getitem__)
+        return next(c for c in self._conns.values() if c.peer == busiest)
+
+    def all(self) -> list[_Pending]:
+        return list(self._conns.values())
 
 
 @dataclass(frozen=True)
@@ -229,14 +267,13 @@ class MetricsServer:
         listener = self._listener
         assert listener is not None
         selector = selectors.DefaultSelector()
-        # Insertion order is accept order, hence deadline order: the oldest is first.
-        pending: dict[socket.socket, _Pending] = {}
+        pending = _PendingSet()
         selector.register(listener, selectors.EVENT_READ, None)
         try:
             while not self._stopping.is_set():
                 timeout = _POLL
                 if pending:
-                    first = next(iter(pending.values()))
+                    first = pending.oldest()
                     timeout = min(timeout, max(0.0, first.deadline - time.monotonic()))
                 for key, _events in selector.select(timeout):
                     try:
@@ -250,18 +287,18 @@ class MetricsServer:
                             self._drop(key.data, selector, pending)
                 now = time.monotonic()
                 while pending:
-                    conn = next(iter(pending.values()))
+                    conn = pending.oldest()
                     if conn.deadline > now:
                         break
                     self._drop(conn, selector, pending)  # too slow: head not sent in time
         finally:
-            for conn in list(pending.values()):
+            for conn in pending.all():
                 self._drop(conn, selector, pending)
             selector.close()
 
     def _drop(self, conn: _Pending, selector: selectors.BaseSelector,
-              pending: dict[socket.socket, _Pending]) -> None:
-        if pending.pop(conn.sock, None) is not None:
+              pending: _PendingSet) -> None:
+        if pending.pop(conn.sock) is not None:
             try:
                 selector.unregister(conn.sock)
             except (KeyError, ValueError):
@@ -269,10 +306,10 @@ class MetricsServer:
         _close(conn.sock)
 
     def _accept(self, listener: socket.socket, selector: selectors.BaseSelector,
-                pending: dict[socket.socket, _Pending]) -> None:
+                pending: _PendingSet) -> None:
         for _ in range(ACCEPT_BATCH):
             try:
-                sock, _address = listener.accept()
+                sock, address = listener.accept()
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -280,17 +317,18 @@ class MetricsServer:
                 # ours so the listener does not spin; the kernel keeps the queue.
                 logger.debug("metrics.accept_failed", extra={"reason": str(exc)})
                 if pending:
-                    self._drop(next(iter(pending.values())), selector, pending)
+                    self._drop(pending.victim(), selector, pending)
                 return
             if len(pending) >= MAX_PENDING:
-                self._drop(next(iter(pending.values())), selector, pending)
+                self._drop(pending.victim(), selector, pending)
             sock.setblocking(False)
-            conn = _Pending(sock, time.monotonic() + REQUEST_TIMEOUT, bytearray())
-            pending[sock] = conn
+            conn = _Pending(sock, time.monotonic() + REQUEST_TIMEOUT, bytearray(),
+                            str(address[0]) if isinstance(address, tuple) else "")
+            pending.add(conn)
             selector.register(sock, selectors.EVENT_READ, conn)
 
     def _read(self, conn: _Pending, selector: selectors.BaseSelector,
-              pending: dict[socket.socket, _Pending]) -> None:
+              pending: _PendingSet) -> None:
         try:
             chunk = conn.sock.recv(4096)
         except BlockingIOError:
@@ -310,13 +348,13 @@ class MetricsServer:
                                  _json_error(431, "request head too large"))
             return
         # The head is complete: the connection leaves the selector and the pending set.
-        pending.pop(conn.sock, None)
+        pending.pop(conn.sock)
         selector.unregister(conn.sock)
         self._dispatch(conn.sock, bytes(conn.head[:end]))
 
     def _answer_now(self, conn: _Pending, selector: selectors.BaseSelector,
-                    pending: dict[socket.socket, _Pending], response: bytes) -> None:
-        pending.pop(conn.sock, None)
+                    pending: _PendingSet, response: bytes) -> None:
+        pending.pop(conn.sock)
         selector.unregister(conn.sock)
         self._send_nowait(conn.sock, response)
 

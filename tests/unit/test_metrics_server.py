@@ -94,3 +94,27 @@ def test_an_ipv6_bind_serves() -> None:
         assert http_get(f"http://[::1]:{srv.port}/healthz")[0] == 200
     finally:
         srv.stop()
+
+
+def test_a_flood_from_one_address_evicts_its_own_connections(server: MetricsServer) -> None:
+    port = server.port
+    # A client from 127.0.0.1 connects and is slow to send its head (a far network).
+    client = socket.create_connection(("127.0.0.1", port))
+    time.sleep(0.2)
+    # Meanwhile another address opens more connections than the server keeps pending.
+    flood = []
+    for _ in range(server_module.MAX_PENDING * 2):
+        s = socket.socket()
+        s.bind(("127.0.0.2", 0))
+        s.connect(("127.0.0.1", port))
+        flood.append(s)
+    try:
+        time.sleep(0.5)  # every flood connection accepted (and most of them evicted)
+        client.settimeout(5)
+        client.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = client.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer
+    finally:
+        client.close()
+        for s in flood:
+            s.close()
