@@ -104,8 +104,16 @@ def _sleep_and_record(ctx):
     return {"slept": True}
 
 
-def _fail_now(ctx):
+def _fail_once_sibling_runs(ctx):
+    """Fail for good, but only once the sibling root "slow" is running (claimed)."""
+    import time
+
     _ran(ctx)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and ctx.conn.execute(
+            "SELECT state FROM tasker_steps WHERE task_uuid = %s AND name = 'slow'",
+            [ctx.task_uuid]).fetchone()[0] != "running":
+        time.sleep(0.05)
     raise RuntimeError("fails on purpose")
 
 
@@ -133,7 +141,7 @@ def _declare_poison() -> dict[str, object]:
         # One root fails for good while its sibling root still runs: the task is
         # finalized and the sibling, cancelled, must leave no effect behind.
         "fail_beside_slow": Workflow("poison", "fail_beside_slow", steps=[
-            Step("slow", _sleep_and_record), Step("fail", _fail_now, max_attempts=1),
+            Step("slow", _sleep_and_record), Step("fail", _fail_once_sibling_runs, max_attempts=1),
             Step("join", _after, after=["slow", "fail"])]),
     }
 
