@@ -143,18 +143,25 @@ def info_table(title: str, expr: str, *, hide: list[str], description: str = "",
     }
 
 
-def percentiles(metric: str, by: str, selector: str, unit: str = "s") -> list[dict]:
-    """p50/p95/p99 targets of a histogram, summed `by` the given labels (plus le)."""
+def quantile(q: float, metric: str, by: str, selector: str) -> str:
+    """One quantile of a histogram: native where the server has it, else the classic buckets.
+
+    A Prometheus with native histograms stores tasker's runtime and wait
+    histograms as one native series (no ``_bucket`` series); one without, the
+    classic buckets. ``or`` takes the native answer when there is one.
+    """
+    native_by = f"sum by ({by}) " if by else "sum "
     group = f"{by}, le" if by else "le"
+    return (f"histogram_quantile({q}, {native_by}(rate({metric}{selector}[$__rate_interval]))) "
+            f"or histogram_quantile({q}, sum by ({group}) "
+            f"(rate({metric}_bucket{selector}[$__rate_interval])))")
+
+
+def percentiles(metric: str, by: str, selector: str, unit: str = "s") -> list[dict]:
+    """p50/p95/p99 targets of a histogram, summed `by` the given labels."""
     legend_prefix = "{{" + by + "}} " if by else ""
-    return [
-        target(
-            f"histogram_quantile({q}, sum by ({group}) "
-            f"(rate({metric}_bucket{selector}[$__rate_interval])))",
-            f"{legend_prefix}p{round(q * 100)}",
-        )
-        for q in (0.5, 0.95, 0.99)
-    ]
+    return [target(quantile(q, metric, by, selector), f"{legend_prefix}p{round(q * 100)}")
+            for q in (0.5, 0.95, 0.99)]
 
 
 def limit_line(name: str) -> dict:
@@ -515,14 +522,10 @@ def node_dashboard() -> dict:
         timeseries("Queue wait p50 / p95 / p99",
                    percentiles("tasker_task_queue_wait_seconds", "", node), unit="s", width=8),
         timeseries("Runtime p95 per task", [
-            target("histogram_quantile(0.95, sum by (task, le) "
-                   f"(rate(tasker_task_runtime_seconds_bucket{node}[$__rate_interval])))",
-                   "{{task}}"),
+            target(quantile(0.95, "tasker_task_runtime_seconds", "task", node), "{{task}}"),
         ], unit="s"),
         timeseries("Queue wait p95 per task", [
-            target("histogram_quantile(0.95, sum by (task, le) "
-                   f"(rate(tasker_task_queue_wait_seconds_bucket{node}[$__rate_interval])))",
-                   "{{task}}"),
+            target(quantile(0.95, "tasker_task_queue_wait_seconds", "task", node), "{{task}}"),
         ], unit="s"),
     ]
 

@@ -18,6 +18,7 @@ import random
 import shutil
 import signal
 import subprocess
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -45,8 +46,10 @@ class Prometheus:
     def __init__(self, target: str, work: Path) -> None:
         self.port = free_port()
         config = work / "prometheus.yml"
+        rules = Path(__file__).resolve().parents[2] / "deploy/prometheus/rules/tasker-recording.yml"
         config.write_text(
-            "global:\n  scrape_interval: 1s\n"
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+            f"rule_files:\n  - {json.dumps(str(rules))}\n"
             "scrape_configs:\n  - job_name: tasker-worker\n    static_configs:\n"
             f"      - targets: [{json.dumps(target)}]\n")
         self.log = work / "prometheus.log"
@@ -57,10 +60,19 @@ class Prometheus:
                  "--enable-feature=native-histograms"], stdout=log, stderr=subprocess.STDOUT)
 
     def query(self, expr: str) -> list[dict]:
+        """The result of an instant query; [] while the server is still starting."""
+        assert self.process.poll() is None, self.log.read_text()[-2000:]
         url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode(
             {"query": expr})
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return json.load(response)["data"]["result"]
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return json.load(response)["data"]["result"]
+        except ConnectionRefusedError:
+            return []
+        except urllib.error.URLError as exc:
+            if isinstance(exc.reason, ConnectionRefusedError):
+                return []
+            raise
 
     def stop(self) -> None:
         self.process.terminate()
@@ -108,6 +120,9 @@ def test_native_quantiles_match_the_tasks_own_runtimes(case: str, mix: str, star
     key = str(tmp_path / "runtimes.txt")
     runtimes = _runtimes(mix, random.Random(case))
     try:
+        # Scraped before the first task: rate() in the recording rules sees every increase.
+        wait_for(lambda: prom.query('count_over_time(up{job="tasker-worker"}[1m]) >= 2'),
+                 timeout=30, interval=0.5, message="Prometheus scraping the node")
         with app.producer_or_acquire() as producer:
             for seconds in runtimes:
                 app.send_task("diagnostics.timed", args=(seconds, key), queue=node.queue,
@@ -120,13 +135,16 @@ def test_native_quantiles_match_the_tasks_own_runtimes(case: str, mix: str, star
         done = len(runtimes) - (1 if case == "sigkill" else 0)
         wait_for(lambda: len(_measured(key)) >= done, timeout=120, interval=0.5,
                  message="every task measured")
-        expected_count = total(node.scrape(), "tasker_task_runtime_seconds_count",
-                               task="diagnostics.timed")
         selector = 'tasker_task_runtime_seconds{task="diagnostics.timed"}'
-        # Prometheus has scraped the final numbers (as a native histogram: no _bucket series).
-        wait_for(lambda: any(float(r["value"][1]) == expected_count
-                             for r in prom.query(f"histogram_count({selector})")),
-                 timeout=30, interval=0.5, message=f"Prometheus at count {expected_count}")
+
+        def scraped_in_full() -> bool:  # Prometheus holds what the node serves now
+            now = total(node.scrape(), "tasker_task_runtime_seconds_count",
+                        task="diagnostics.timed")
+            return any(float(r["value"][1]) == now
+                       for r in prom.query(f"histogram_count({selector})"))
+
+        # (as a native histogram: no _bucket series)
+        wait_for(scraped_in_full, timeout=30, interval=0.5, message="Prometheus up to date")
         assert not prom.query('tasker_task_runtime_seconds_bucket{task="diagnostics.timed"}')
         truth = _measured(key)
         for q in (0.5, 0.95, 0.99):
@@ -136,6 +154,13 @@ def test_native_quantiles_match_the_tasks_own_runtimes(case: str, mix: str, star
             low, high = _true_range(truth, q)
             assert 0.95 * low <= got <= 1.05 * high, (
                 f"p{q * 100:g}: {got:.5f}, true {low:.5f}..{high:.5f}")
+        if case == "plain":  # the shipped recording rules take the native branch
+            rule = 'tasker:task_runtime_seconds:p95{task="diagnostics.timed"}'
+            recorded = wait_for(
+                lambda: [r for r in prom.query(rule) if r["value"][1] != "NaN"],
+                timeout=30, interval=0.5, message="the p95 recording rule over the load")
+            low, high = _true_range(truth, 0.95)
+            assert 0.95 * low <= float(recorded[0]["value"][1]) <= 1.05 * high, recorded
     finally:
         prom.stop()
 
