@@ -56,10 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int,
                         help="calls per repeat (default 20000; quick 3000)")
     parser.add_argument("--repeats", type=int, help="repeats (default 9; quick 3)")
+    parser.add_argument("--native-schema", default="5",
+                        help="schema of the native histograms a node records (default 5, "
+                             "as TASKER_NATIVE_HISTOGRAM_SCHEMA); 'off' records none")
     args = parser.parse_args(argv)
+    native_schema = None if args.native_schema == "off" else int(args.native_schema)
     iterations = args.iterations or (3000 if args.quick else 20000)
     repeats = args.repeats or (3 if args.quick else 9)
-    results = common.Results(BENCH, args, {"iterations": iterations, "repeats": repeats})
+    results = common.Results(BENCH, args, {"iterations": iterations, "repeats": repeats,
+                                           "native_schema": native_schema})
     directory = tempfile.mkdtemp(prefix="tasker-bench-recording-")
     ok = False
     try:
@@ -94,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         state = NodeState(path)
         recorder = recording.Recorder(
             metrics, state, "bench@localhost", known_tasks=lambda: app.tasks,
-            queue_names=bootstep._queue_resolver(app), directory=directory)
+            queue_names=bootstep._queue_resolver(app), directory=directory,
+            native_schema=native_schema)
         recording.activate(recorder)
 
         mp_counter = Counter("bench_mp_counter", "c", ("task", "queue"), registry=None)
