@@ -35,6 +35,8 @@ def _profile(frame: Any, event: str, arg: Any) -> None:
                 f":{code.co_name}"] += 1
     elif event == "c_call":
         _counts[f"C:{getattr(arg, '__qualname__', repr(arg))}"] += 1
+    elif event == "c_exception":  # a C function raised (caught or not)
+        _counts[f"raised in C:{getattr(arg, '__qualname__', repr(arg))}"] += 1
 
 
 def _toggle(signum: int, frame: Any) -> None:

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, MutableMapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from celery import bootsteps
 from celery.signals import worker_init
@@ -55,6 +55,13 @@ _task_logger = logging.getLogger("tasker.task")
 _WRAPPED = "_tasker_receipt"
 
 Strategy = Callable[..., Any]
+
+
+class _Received(NamedTuple):
+    """What :func:`tasker.metrics.recording.record_received` reads of a request."""
+
+    name: str
+    delivery_info: Any
 
 
 def receiving(name: str, strategy: Strategy, recorder: recording.Recorder | None,
@@ -95,8 +102,10 @@ def receiving(name: str, strategy: Strategy, recorder: recording.Recorder | None
                     counts[key] = entry
                 # Only this thread (the event loop) adds to entry[0]; the flush reads it.
                 entry[0] += 1
-            except Exception as exc:  # noqa: BLE001 - a count must never fail a message
-                recording.record_failed(recorder, "received", exc)
+            except Exception:  # noqa: BLE001 - a count must never fail a message
+                # The recorder's own path, which counts and logs its failures.
+                recording.record_received(
+                    _Received(name, getattr(message, "delivery_info", None)))
         return result
 
     setattr(tasker_receipt, _WRAPPED, True)
