@@ -56,7 +56,14 @@ def accepts_protobuf(accept: str | None) -> bool:
     return False
 
 
+#: Varints of 0..16383 (one or two bytes): counts, deltas and lengths are mostly small.
+_SMALL_VARINTS = [bytes((n,)) if n < 0x80 else bytes((n & 0x7F | 0x80, n >> 7))
+                  for n in range(1 << 14)]
+
+
 def _varint(n: int) -> bytes:
+    if 0 <= n < 16384:
+        return _SMALL_VARINTS[n]
     out = bytearray()
     n &= (1 << 64) - 1  # negative int64 as two's complement, as protobuf does
     while True:
@@ -101,14 +108,28 @@ def _count(value: float) -> int:
     return int(round(value)) if math.isfinite(value) and value > 0 else 0
 
 
+#: Bucket.upper_bound (field 2, 64-bit) by bound: the same few dozen at every scrape.
+_upper_bounds: dict[float, bytes] = {}
+_COUNT_TAG, _DELTA_TAG = _tag(1, _VARINT), _tag(13, _VARINT)
+
+
+def _bucket(le: float, cumulative: float) -> bytes:
+    bound = _upper_bounds.get(le)
+    if bound is None:
+        bound = _f64(2, le)
+        if len(_upper_bounds) < 10_000:  # bucket layouts are few; never grow without end
+            _upper_bounds[le] = bound
+    payload = _COUNT_TAG + _varint(_count(cumulative)) + bound
+    return b"\x1a" + _varint(len(payload)) + payload  # field 3, length-delimited
+
+
 def _histogram(labels: dict[str, str], samples: dict[str, object], name: str,
                native: NativeCounts | None) -> bytes:
     body = _uint(1, _count(samples.get("count", 0.0)))  # type: ignore[arg-type]
     body += _f64(2, float(samples.get("sum", 0.0)))  # type: ignore[arg-type]
-    for le, cumulative in sorted(samples.get("buckets", {}).items()):  # type: ignore[union-attr]
-        if math.isinf(le):
-            continue  # optional in protobuf: it is the sample count
-        body += _len(3, _uint(1, _count(cumulative)) + _f64(2, le))
+    body += b"".join(_bucket(le, cumulative) for le, cumulative in sorted(
+        samples.get("buckets", {}).items()) if not math.isinf(le))  # type: ignore[union-attr]
+    # (+Inf is optional in protobuf: it is the sample count)
     if native is not None:
         native = native.limited()
         body += _sint(5, native.schema) + _f64(6, ZERO_THRESHOLD)
@@ -118,8 +139,7 @@ def _histogram(labels: dict[str, str], samples: dict[str, object], name: str,
             spans = [(0, 0)]
         for offset, length in spans:
             body += _len(12, _sint(1, offset) + _uint(2, length))
-        for delta in deltas:
-            body += _sint(13, delta)
+        body += b"".join(_DELTA_TAG + _varint((d << 1) ^ (d >> 63)) for d in deltas)
     return _len(4, _labels(labels) + _len(7, body))
 
 

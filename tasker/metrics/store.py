@@ -49,6 +49,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString
@@ -112,6 +113,9 @@ class StoreReading:
     series: list[Series]
     totals: dict[int, float]
     per_process: dict[int, dict[str, float]]
+    #: Native bucket series: sid -> (histogram key, schema, index or None for zero).
+    native_buckets: dict[int, tuple[tuple[str, tuple[tuple[str, str], ...]], int, int | None]] \
+        = field(default_factory=dict)
 
     def sum_of(self, sample: str, **match: str) -> float:
         """Sum of one sample name over every label set matching ``match``."""
@@ -153,17 +157,14 @@ class StoreReading:
         """
         parts: dict[tuple[str, tuple[tuple[str, str], ...]],
                     dict[int, NativeCounts]] = defaultdict(dict)
-        for sid, value in self.totals.items():
-            s = self.series[sid]
-            if s.typ != NATIVE_TYPE:
+        totals = self.totals
+        for sid, (key, schema, index) in self.native_buckets.items():
+            value = totals.get(sid)
+            if value is None:
                 continue
-            labels = dict(s.labels)
-            parsed = parse_bucket(labels.pop(BUCKET_LABEL, ""))
-            if parsed is None:
-                continue
-            schema, index = parsed
-            key = (s.metric, tuple(sorted(labels.items())))
-            counts = parts[key].setdefault(schema, NativeCounts(schema))
+            counts = parts[key].get(schema)
+            if counts is None:
+                counts = parts[key][schema] = NativeCounts(schema)
             if index is None:
                 counts.zero_count += value
             else:
@@ -198,6 +199,8 @@ class MetricStore:
         self._sid_by_key: dict[tuple[str, str], int] = {}
         self._files: dict[str, _FileState] = {}
         self._archive: dict[int, float] = defaultdict(float)
+        #: Native bucket series, parsed once (see StoreReading.native_buckets).
+        self._native_buckets: dict[int, tuple[Any, int, int | None]] = {}
         self._warned: set[str] = set()
         # Files folded into the archive that could not be deleted (an unwritable
         # directory): skipped from then on, so never folded (counted) twice.
@@ -226,7 +229,8 @@ class MetricStore:
                         totals[sid] = totals.get(sid, 0.0) + value
             for sid, by_owner in per_process.items():
                 totals[sid] = _aggregate_gauge(self._series[sid].mode, by_owner.values())
-            return StoreReading(list(self._series), totals, dict(per_process))
+            return StoreReading(list(self._series), totals, dict(per_process),
+                                dict(self._native_buckets))
 
     def compact(self) -> int:
         """Fold the files of exited processes; returns how many processes were folded."""
@@ -378,6 +382,12 @@ class MetricStore:
         self._series.append(series)
         sid = len(self._series) - 1
         self._sid_by_key[cache_key] = sid
+        if state.typ == NATIVE_TYPE:
+            bucket_labels = dict(series.labels)
+            parsed = parse_bucket(bucket_labels.pop(BUCKET_LABEL, ""))
+            if parsed is not None:
+                key = (series.metric, tuple(sorted(bucket_labels.items())))
+                self._native_buckets[sid] = (key, *parsed)
         return sid
 
     def _warn_once(self, what: str, event: str, reason: object) -> None:
