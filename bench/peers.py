@@ -518,7 +518,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cycles", type=int, default=4)
     parser.add_argument("--install", action="store_true",
                         help=f"create celery-exporter's virtualenv ({EXPORTER_VENV}) first")
+    parser.add_argument("--install-only", action="store_true",
+                        help="create celery-exporter's virtualenv and stop (.ci/run)")
     args = parser.parse_args(argv)
+    if args.install_only:
+        install_exporter()
+        return 0
     if args.quick:
         args.tasks, args.depth, args.burst, args.cycles = 240, 60, 300, 1
     if args.install or not exporter_python().exists():
@@ -559,6 +564,8 @@ def main(argv: list[str] | None = None) -> int:
         progress(BENCH, f"throughput: {args.cycles} cycle(s) of {args.burst:,}-task bursts")
         results.write("throughput", throughput(client, peers, work, args.burst, args.cycles,
                                                warmup=100 if args.quick else 500))
+        # What the report and the smoke test look for: every part ran.
+        results.write("summary", {"parts": ["counts", "depth_kill", "throughput"]})
         ok = True
     finally:
         for worker in nodes:

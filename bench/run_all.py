@@ -25,7 +25,7 @@ from bench.common import DEFAULT_RESULTS_DIR, REPO
 
 #: In the order they run: in-process ones first, worker-node ones last.
 BENCHES = ("recording", "scrape", "shared_memory", "sampler", "workflows", "latency",
-           "overhead", "soak")
+           "overhead", "soak", "peers")
 
 
 def main(argv: list[str] | None = None) -> int:

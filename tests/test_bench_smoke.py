@@ -18,7 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 BENCHES = ("recording", "scrape", "shared_memory", "sampler", "workflows", "latency",
-           "overhead", "soak")
+           "overhead", "soak", "peers")
 
 
 def _redis_reachable() -> bool:
