@@ -914,11 +914,22 @@ def shared_memory_section(b: Bench) -> list[str]:
             "beside them.", "",
             *table(["task names run", "pool process KiB allocated", "series",
                     "KiB mapped", "MainProcess KiB allocated"], rows), "",
-            "**What it means.** A pool process's files hold what it recorded: about 45 "
-            "series per task name it ran (the two histograms' buckets are most of them), "
-            "about 9 KiB each, allocated page by page as series are added. Size a tmpfs "
-            "for the busiest case: concurrency × (task names a process runs) × 9 KiB, "
-            "plus the MainProcess's files; files of exited processes are folded away.", ""]
+            f"**What it means.** A pool process's files hold what it recorded: about "
+            f"{_per_name(b)[1]:.0f} series per task name it ran (the histograms' buckets "
+            f"are most of them), about {_per_name(b)[0]:.1f} KiB, allocated page by page "
+            "as series are added. Size a tmpfs for the busiest case: concurrency × (task "
+            f"names a process runs) × {_per_name(b)[0]:.0f} KiB, plus the MainProcess's "
+            "files; files of exited processes are folded away.", ""]
+
+
+def _per_name(b: Bench) -> tuple[float, float]:
+    """(KiB, series) a pool process's files grow by per task name it runs (first to last)."""
+    ms = sorted(b.summaries[-1]["measurements"], key=lambda m: m["task_names"])
+    first, last = ms[0], ms[-1]
+    names = max(1, last["task_names"] - first["task_names"])
+    kib = (last["pool_process"]["allocated_bytes"] - first["pool_process"]["allocated_bytes"])
+    series = last["pool_process"]["series"] - first["pool_process"]["series"]
+    return kib / 1024 / names, series / names
 
 
 def instructions_section(b: Bench) -> list[str]:
