@@ -222,6 +222,13 @@ def node_scrapes(url: str, work: Path) -> dict[str, Any]:
         app.send_task("tasker.sample_fleet", queue="bench-node")
         settle(before)
         step("a sample round of 100 queues")
+        # Broker connections one idle node holds (the Redis server is this
+        # run's own: every other client is the node, this one excepted).
+        import redis
+
+        clients = redis.Redis.from_url(url).client_list()
+        out["redis_clients_per_node"] = len(clients) - 1
+        common.progress("sampler_queues", f"redis clients of one node: {len(clients) - 1}")
     finally:
         proc.terminate()
         try:
