@@ -96,3 +96,39 @@ def test_correlation_ids_are_not_metric_labels(start_node, app):
     wait_for(lambda: node.snapshot()["succeeded"] == 7, timeout=60, message="7 tasks")
     cid_like = [k for k in node.scrape() for _, v in k[1] if len(v) == 36 and v.count("-") == 4]
     assert not cid_like
+
+
+def test_plain_client_messages_on_a_node_not_logging_task_received(start_node):
+    """Without ``task.received`` (WARNING), the first message without an id is given one at
+    receipt (and logged once); later ones get theirs in the pool process, each its own."""
+    from celery import Celery
+    from celery.signals import before_task_publish
+
+    from tasker.correlation import _stamp_headers, is_valid_correlation_id
+
+    node = start_node(extra_args=["--loglevel", "WARNING"], wait=False)
+
+    def serving() -> bool:  # worker.ready is an INFO line: not logged here
+        try:
+            return node.snapshot() is not None
+        except OSError:
+            return False
+
+    wait_for(serving, timeout=60, message="the node's endpoint")
+    plain = Celery("plain", broker=node.env["TASKER_BROKER_URL"])
+    before_task_publish.disconnect(_stamp_headers)
+    try:
+        sent = [plain.send_task("diagnostics.fail", args=["plain"], queue=node.queue)
+                for _ in range(3)]
+    finally:
+        before_task_publish.connect(_stamp_headers, weak=False)
+    wait_for(lambda: node.snapshot()["failed"] == 3, timeout=30, message="3 plain failures")
+    events = node.log_events()
+    assert not [e for e in events if e.get("event") == "task.received"]
+    failed = {e["task_id"]: e.get("correlation_id") for e in events
+              if e.get("event") == "task.failed"}
+    assert set(failed) == {r.id for r in sent}
+    assert all(is_valid_correlation_id(c) for c in failed.values())
+    assert len(set(failed.values())) == 3
+    assigned = [e for e in events if e.get("event") == "correlation.assigned_at_receipt"]
+    assert len(assigned) == 1 and failed[assigned[0]["task_id"]] == assigned[0]["correlation_id"]
