@@ -17,7 +17,7 @@ app = Celery("tasker", task_cls="tasker.task:TaskerTask", loader="tasker.loader:
 app.config_from_object("tasker.celeryconfig")
 
 # Imported for their side effect of connecting Celery signal receivers.
-from tasker import correlation, receipt, tracing, worker_process  # noqa: E402,F401
+from tasker import correlation, receipt, schedule_monitor, tracing, worker_process  # noqa: E402,F401,E501
 from tasker.broker_health import BrokerConnected  # noqa: E402
 from tasker.broker_loss import SurviveBrokerLoss  # noqa: E402
 from tasker.flower_rows import FlowerRows  # noqa: E402

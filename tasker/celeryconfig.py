@@ -58,7 +58,9 @@ task_routes = {
 # Beat keeps its schedule in memory: the persistent scheduler left
 # celerybeat-schedule.* files in the working directory, and remembering the
 # last run of a 15-second sampler across restarts is worth nothing.
-beat_scheduler = "celery.beat:Scheduler"
+# tasker's subclass stamps each message with its entry and due time (periodic-task
+# monitoring, tasker/schedule_monitor.py); otherwise it is Celery's in-memory one.
+beat_scheduler = "tasker.schedule_monitor:MonitoredScheduler"
 beat_schedule = {
     "tasker.sample_fleet": {
         "task": "tasker.sample_fleet",

@@ -21,14 +21,14 @@ __all__ = ["main"]
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from tasker.cli import demo, load, migrate, sample, stats, workflow
+    from tasker.cli import demo, load, migrate, sample, schedule, stats, workflow
 
     parser = argparse.ArgumentParser(
         prog="tasker", description="A Celery worker fleet with observability built in.")
     parser.add_argument("--debug", action="store_true",
                         help="print the traceback of an error (else one line)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (demo, load, migrate, sample, stats, workflow):
+    for module in (demo, load, migrate, sample, schedule, stats, workflow):
         module.register(sub)
     return parser
 

@@ -75,6 +75,10 @@ class TaskMetrics:
     workflow_duration: Histogram
     workflow_initialization: Histogram
     workflow_finalization: Histogram
+    schedule_last_start: Gauge
+    schedule_period: Gauge
+    schedule_lateness: Histogram
+    schedule_missed: Counter
 
 
 #: Fields of TaskMetrics whose histograms are also recorded as native
@@ -196,4 +200,21 @@ def _create_metrics(buckets: tuple[float, ...]) -> TaskMetrics:
                                         "Finalizing a task request in its last transaction.",
                                         ("workflow",), buckets=POOL_WAIT_BUCKETS,
                                         registry=None),
+        # Beat entries (tasker.schedule_monitor), recorded by the process that
+        # starts a stamped run. livemax: the latest start of the node's live
+        # processes (a recycled process takes its value along; the alert
+        # reads max_over_time). The MainProcess sets each configured period.
+        schedule_last_start=Gauge("tasker_schedule_last_start_timestamp_seconds",
+                                  "Unix time the beat entry's latest run started on this node.",
+                                  ("entry",), multiprocess_mode="livemax", registry=None),
+        schedule_period=Gauge("tasker_schedule_period_seconds",
+                              "Seconds between two runs of the beat entry.",
+                              ("entry",), multiprocess_mode="livemax", registry=None),
+        schedule_lateness=Histogram("tasker_schedule_lateness_seconds",
+                                    "Start of a beat entry's run minus the time it was due.",
+                                    ("entry",), buckets=buckets, registry=None),
+        schedule_missed=Counter("tasker_schedule_missed",
+                                "Due runs of the beat entry not started within one period "
+                                "(started later, or never), counted at the entry's next start.",
+                                ("entry",), registry=None),
     )

@@ -37,7 +37,7 @@ def test_periodic_work_has_a_queue_of_its_own(app) -> None:
 
 def test_beat_keeps_no_schedule_file_in_the_working_directory(app) -> None:
     # The persistent scheduler wrote celerybeat-schedule.* into the CWD.
-    assert app.conf.beat_scheduler == "celery.beat:Scheduler"
+    assert app.conf.beat_scheduler == "tasker.schedule_monitor:MonitoredScheduler"
 
 
 def test_periodic_queue_follows_a_private_step_queue() -> None:
