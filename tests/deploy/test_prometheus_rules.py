@@ -81,6 +81,11 @@ SPEC_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "tasker_sample_up": ("gauge", ("source",)),
     "tasker_sample_duration_seconds": ("gauge", ("source",)),
     "tasker_sample_timestamp_seconds": ("gauge", ("source",)),
+    # Beat entries (tasker/schedule_monitor.py), recorded by the node that starts a run.
+    "tasker_schedule_last_start_timestamp_seconds": ("gauge", ("entry",)),
+    "tasker_schedule_period_seconds": ("gauge", ("entry",)),
+    "tasker_schedule_lateness_seconds": ("histogram", ("entry",)),
+    "tasker_schedule_missed_total": ("counter", ("entry",)),
 }
 
 
