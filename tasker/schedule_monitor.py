@@ -79,10 +79,11 @@ def period_seconds(schedule: Any, at: datetime | None = None) -> float | None:
     if isinstance(run_every, timedelta):
         return run_every.total_seconds()
     try:
-        start = at or datetime.now(timezone.utc)
-        first = start + schedule.remaining_estimate(start)
-        second = first + schedule.remaining_estimate(first + timedelta(seconds=1))
-        return max((second - first).total_seconds(), 0.0) or None
+        # A crontab's next run after a given run, whatever the time now.
+        start, delta, _now = schedule.remaining_delta(at or datetime.now(timezone.utc))
+        first = start + delta
+        start, delta, _now = schedule.remaining_delta(first)
+        return max(((start + delta) - first).total_seconds(), 0.0) or None
     except Exception:  # noqa: BLE001 - an exotic schedule: its period is unknown
         return None
 
