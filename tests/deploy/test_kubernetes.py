@@ -355,13 +355,35 @@ def scaling_queries(docs: list[dict[str, Any]]) -> dict[str, tuple[str, float]]:
             for t in scaled["spec"]["triggers"]}
 
 
+ADAPTER_RULES = K8S / "overlays" / "hpa" / "prometheus-adapter-rules.yaml"
+
+
+def adapter_queries(queue: str = "celery") -> dict[str, str]:
+    """External metric name -> PromQL, as prometheus-adapter fills its templates
+    for an HPA selector ``queue: <queue>``."""
+    rules = yaml.safe_load(ADAPTER_RULES.read_text(encoding="utf-8"))["externalRules"]
+    return {r["name"]["as"]: r["metricsQuery"].replace("<<.Series>>", r["seriesQuery"])
+            .replace("<<.LabelMatchers>>", f'queue="{queue}"') for r in rules}
+
+
+def test_adapter_rules_serve_the_hpa_metrics(rendered) -> None:
+    hpa = _one(rendered["overlays/hpa"], "HorizontalPodAutoscaler", "tasker-worker")
+    wanted = {m["external"]["metric"]["name"] for m in hpa["spec"]["metrics"]}
+    queries = adapter_queries()
+    assert set(queries) == wanted
+    assert not any("<<" in q for q in queries.values())
+
+
 def _rule_file(rendered, path: Path) -> Path:
-    """The PrometheusRule's groups plus the scaling queries as recording rules."""
+    """The PrometheusRule's groups plus the KEDA and adapter queries as recording rules."""
     docs = rendered["overlays/keda"]
     groups = list(_one(docs, "PrometheusRule", "tasker")["spec"]["groups"])
     groups.append({"name": "keda-scaling-queries", "rules": [
         {"record": f"keda:{name.replace('-', '_')}", "expr": query}
         for name, (query, _t) in scaling_queries(docs).items()]})
+    groups.append({"name": "adapter-queries", "rules": [
+        {"record": f"adapter:{name}", "expr": query}
+        for name, query in adapter_queries().items()]})
     path.write_text(yaml.safe_dump({"groups": groups}, sort_keys=False))
     return path
 
@@ -471,9 +493,10 @@ def test_scaling_queries_rise_with_a_backlog_and_fall_to_zero(rendered, live) ->
     from celery import Celery
 
     prom, node, url = live
-    queries = scaling_queries(rendered["overlays/keda"])
-    assert set(queries) == {"queue-depth", "queue-age"}
-    # Idle: both queries answer 0 (not "no data", which KEDA treats as an error).
+    keda = scaling_queries(rendered["overlays/keda"])
+    assert set(keda) == {"queue-depth", "queue-age"}
+    queries = {**keda, **{f"adapter {n}": (q, 0.0) for n, q in adapter_queries().items()}}
+    # Idle: every query answers 0 (not "no data", which KEDA treats as an error).
     for name, (query, _t) in queries.items():
         assert prom.value(query) == 0, name
 
@@ -500,14 +523,18 @@ def test_scaling_queries_rise_with_a_backlog_and_fall_to_zero(rendered, live) ->
             zero_since = None
         time.sleep(0.5)
     assert zero_since is not None, f"the queries did not fall to 0: peaks {peaks}"
+    print(f"scaling query peaks during the backlog: {peaks}")
 
     # The backlog asked for more nodes than the one running: depth over its
     # threshold (200 a node), and the oldest message waited over a second.
     depth_peak = peaks["queue-depth"]
-    assert depth_peak > queries["queue-depth"][1], peaks
+    assert depth_peak > keda["queue-depth"][1], peaks
     assert depth_peak <= tasks
-    assert math.ceil(depth_peak / queries["queue-depth"][1]) >= 2
+    assert math.ceil(depth_peak / keda["queue-depth"][1]) >= 2
     assert peaks["queue-age"] > 1.0, peaks
+    # The HPA overlay's metrics, through the adapter's queries, saw the same.
+    assert peaks["adapter tasker_queue_depth"] > keda["queue-depth"][1], peaks
+    assert peaks["adapter tasker_queue_oldest_message_age_seconds"] > 1.0, peaks
     total = sum(v for (n, _l), v in node.scrape().items()
                 if n == "tasker_tasks_succeeded_total")
     assert total >= tasks
