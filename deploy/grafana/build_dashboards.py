@@ -437,6 +437,29 @@ def fleet_dashboard() -> dict:
         ], unit="s", width=8),
     ]
 
+    # Beat entries (tasker/schedule_monitor.py): recorded where each run starts.
+    schedule = [
+        timeseries("Beat entry lateness (start - due)", [
+            target(f"histogram_quantile({q}, sum by (entry, le) "
+                   "(rate(tasker_schedule_lateness_seconds_bucket[$__rate_interval])))",
+                   f"{{{{entry}}}} p{round(q * 100)}") for q in (0.5, 0.95)
+        ], unit="s", width=8, limit=30,
+            description="How late each entry's runs started; TaskerScheduleEntryLate above "
+                        "a 30 s median."),
+        timeseries("Since the last start vs the period", [
+            target("time() - max by (entry) (tasker_schedule_last_start_timestamp_seconds)",
+                   "{{entry}} since last start"),
+            target("max by (entry) (tasker_schedule_period_seconds)", "{{entry}} period"),
+        ], unit="s", width=8,
+            description="Two periods without a start fire TaskerScheduleEntryMissed."),
+        timeseries("Missed runs", [
+            target("sum by (entry) (increase(tasker_schedule_missed_total[$__rate_interval]))",
+                   "{{entry}}"),
+        ], bars=True, width=8,
+            description="Due runs not started within one period (started later or never), "
+                        "counted at the entry's next start."),
+    ]
+
     return dashboard(
         FLEET_UID, "tasker / Fleet",
         "Throughput, failures, queues, latency, worker pools and the database for the "
@@ -455,6 +478,7 @@ def fleet_dashboard() -> dict:
             ("Worker nodes", workers),
             ("Database", database),
             ("Fleet sampler", sampler),
+            ("Beat schedule", schedule),
         ],
         links=[{"title": "Node drill-down", "type": "link", "icon": "dashboard",
                 "url": f"/d/{NODE_UID}/tasker-node", "keepTime": True}],

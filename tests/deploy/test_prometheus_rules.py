@@ -483,6 +483,12 @@ class FakeNode:
             self.set("tasker_db_connections", 3, state="active")
             self.set("tasker_db_connections", 5, state="idle")
             self.set("tasker_db_max_connections", 100)
+        # Beat entries run by this node: on time, none missed.
+        for entry, period in (("tasker.recover_steps", 10.0), ("nightly.report", 86400.0)):
+            self.set("tasker_schedule_period_seconds", period, entry=entry)
+            self.set("tasker_schedule_last_start_timestamp_seconds", now, entry=entry)
+            self.inc("tasker_schedule_missed_total", 0, entry=entry)
+            self.observe("tasker_schedule_lateness_seconds", 0.004, entry=entry)
 
     @staticmethod
     def _line(name: str, labels: tuple[tuple[str, str], ...], value: float) -> str:
