@@ -196,10 +196,16 @@ def node_scrapes(url: str, work: Path) -> dict[str, Any]:
                 time.sleep(0.3)
         time.sleep(1.0)
 
+        def allocated() -> int:
+            # What the files hold in a tmpfs: allocated blocks, not their
+            # (sparse, preallocated) length.
+            return sum(p.stat().st_blocks * 512 for p in (work / "metrics").iterdir()
+                       if p.is_file())
+
         def step(label: str) -> None:
             series, size, ms = _scrape(port)
             out["steps"].append({"after": label, "series": series, "bytes": size,
-                                 "ms": round(ms, 1)})
+                                 "ms": round(ms, 1), "directory_bytes": allocated()})
             common.progress("sampler_queues", f"node scrape after {label}: {series} series, "
                             f"{size} bytes")
 
@@ -222,6 +228,13 @@ def node_scrapes(url: str, work: Path) -> dict[str, Any]:
         app.send_task("tasker.sample_fleet", queue="bench-node")
         settle(before)
         step("a sample round of 100 queues")
+        # The node's resident memory (all its processes), as it reports it.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith("tasker_worker_memory_bytes"):
+                    out["node_memory_bytes"] = float(line.rsplit(" ", 1)[1])
+        common.progress("sampler_queues",
+                        f"node memory: {out.get('node_memory_bytes', 0) / 2**20:.0f} MiB")
         # Broker connections one idle node holds (the Redis server is this
         # run's own: every other client is the node, this one excepted).
         import redis
@@ -241,6 +254,8 @@ def node_scrapes(url: str, work: Path) -> dict[str, Any]:
     names = [s for s in steps if "task name" in s["after"]]
     out["series_per_task_name"] = (names[-1]["series"] - names[0]["series"]) / (len(names) - 1)
     out["bytes_per_task_name"] = (names[-1]["bytes"] - names[0]["bytes"]) / (len(names) - 1)
+    out["directory_bytes_per_task_name"] = (
+        names[-1]["directory_bytes"] - names[0]["directory_bytes"]) / (len(names) - 1)
     out["series_per_sampled_queue"] = (steps[-1]["series"] - names[-1]["series"]) / 100
     out["bytes_per_sampled_queue"] = (steps[-1]["bytes"] - names[-1]["bytes"]) / 100
     return out
@@ -297,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for s in results["node"]["steps"]:
         print(f"node scrape after {s['after']}: {s['series']} series, {s['bytes']:,} bytes, "
-              f"{s['ms']} ms")
+              f"{s['ms']} ms; metrics directory {s['directory_bytes']:,} bytes allocated")
     node = results["node"]
     print(f"per task name: {node['series_per_task_name']:.1f} series, "
           f"{node['bytes_per_task_name']:,.0f} bytes; per sampled queue: "

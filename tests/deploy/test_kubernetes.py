@@ -49,8 +49,8 @@ CRD_SCHEMAS = {
 }
 WORKER_LABELS = {"app.kubernetes.io/name": "tasker", "app.kubernetes.io/component": "worker"}
 #: BENCHMARKS.md section 8 (python -m bench.shared_memory): KiB of the metrics
-#: directory per task name a pool process has run.
-KIB_PER_TASK_NAME = 9
+#: directory per task name a pool process has run (57 classic buckets).
+KIB_PER_TASK_NAME = 25
 SIZED_FOR_TASK_NAMES = 1000
 
 sys.path.insert(0, str(K8S))
@@ -178,7 +178,7 @@ def test_worker_pod(rendered) -> None:
     metrics = volumes[mounts[env["PROMETHEUS_MULTIPROC_DIR"]["value"]]]["emptyDir"]
     assert metrics["medium"] == "Memory"
     concurrency = int(container["command"][container["command"].index("-c") + 1])
-    # (C + 2 processes being replaced) x N task names x 9 KiB, rounded up to a
+    # (C + 2 processes being replaced) x N task names x 25 KiB, rounded up to a
     # power of two; it counts against the memory limit, which must hold it.
     needed_mib = (concurrency + 2) * SIZED_FOR_TASK_NAMES * KIB_PER_TASK_NAME / 1024
     size_mib = int(metrics["sizeLimit"].removesuffix("Mi"))
