@@ -237,6 +237,32 @@ def test_liveness_probe_accepts_a_broker_outage(rendered, status: int | None,
     assert (result.returncode == 0) is alive, result.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_real_node_without_its_broker_is_unready_but_alive(rendered, start_node) -> None:
+    """What the probes do during a broker outage, on a real worker node: the
+    readiness probe's /healthz answers 503 (NotReady), the liveness probe's
+    script exits 0 (no restart)."""
+    from support import http_get, wait_for
+
+    worker = _one(rendered["base"], "Deployment", "tasker-worker")
+    container = worker["spec"]["template"]["spec"]["containers"][0]
+    script = container["livenessProbe"]["exec"]["command"][2]
+    path = container["readinessProbe"]["httpGet"]["path"]
+    node = start_node(env={"TASKER_BROKER_URL": "redis://127.0.0.1:1/0"}, wait=False)
+
+    def answers() -> int | None:
+        try:
+            return http_get(f"{node.url}{path}", timeout=2)[0]
+        except OSError:
+            return None
+    assert wait_for(answers, timeout=60, interval=0.3, message="/healthz answering") == 503
+    result = subprocess.run([sys.executable, "-c", script.replace("9800", str(node.port))],
+                            capture_output=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert node.proc is not None and node.proc.poll() is None
+
+
 def test_beat_is_a_single_replica_that_never_overlaps(rendered) -> None:
     beat = _one(rendered["base"], "Deployment", "tasker-beat")
     assert beat["spec"]["replicas"] == 1
