@@ -48,8 +48,34 @@ def rows(now: float | None = None) -> list[dict[str, Any]]:
         row["task"] = row.get("task") or (app.conf.beat_schedule.get(name) or {}).get("task")
         last = row.get("last_start")
         row["seconds_since_last_start"] = None if last is None else round(now - last, 3)
+        row["state"] = entry_state(row, now)
         out.append(row)
     return out
+
+
+def entry_state(row: dict[str, Any], now: float) -> str:
+    """``ok``, or what is wrong with the entry now (beat's view against the starts).
+
+    * ``unknown``: beat never wrote the entry to the store;
+    * ``beat silent``: a period past the next due time and beat has sent
+      nothing newer (beat is down, or no longer has the entry);
+    * ``never started``: beat sent it, no node ever started it;
+    * ``not started``: the run due a period after the latest start is itself
+      a period past its due time without a start (no node consumes it, or its
+      messages expire): the ongoing gap the missed alert also watches.
+    """
+    period = row.get("period") or 0.0
+    next_due, last_due = row.get("next_due"), row.get("last_due")
+    if last_due is None or next_due is None:
+        return "unknown"
+    if now > next_due + period:
+        return "beat silent"
+    started_due = row.get("last_start_due")
+    if started_due is None:
+        return "never started"
+    if now - started_due >= 2 * period:
+        return "not started"
+    return "ok"
 
 
 class _NoStore(Exception):
@@ -82,7 +108,7 @@ def _print_table(found: list[dict[str, Any]]) -> None:
 
     table = Table(title="beat schedule")
     for col in ("entry", "task", "every s", "last start (UTC)", "lateness s",
-                "next due (UTC)"):
+                "next due (UTC)", "state"):
         table.add_column(col)
     for row in found:
         lateness = row.get("lateness")
@@ -90,7 +116,7 @@ def _print_table(found: list[dict[str, Any]]) -> None:
                       "-" if row.get("period") is None else f"{row['period']:g}",
                       _when(row.get("last_start")),
                       "-" if lateness is None else f"{lateness:.3f}",
-                      _when(row.get("next_due")))
+                      _when(row.get("next_due")), row["state"])
     Console().print(table)
 
 

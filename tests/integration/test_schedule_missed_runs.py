@@ -109,19 +109,26 @@ def test_missed_runs_lateness_and_the_missed_alert(start_node, tmp_path: Path) -
             assert time.time() - 10 < last_start <= time.time()
 
             # tasker schedule reads what beat and the node stored.
-            shown = subprocess.run([sys.executable, "-m", "tasker.cli.main", "schedule",
-                                    "--json"], env={**node.env, **env}, cwd=REPO,
-                                   capture_output=True, text=True, timeout=60)
-            assert shown.returncode == 0, shown.stderr
-            row = next(r for r in json.loads(shown.stdout) if r["entry"] == ENTRY)
-            assert row["task"] == ENTRY and row["period"] == PERIOD
+            def schedule_row() -> dict:
+                shown = subprocess.run([sys.executable, "-m", "tasker.cli.main", "schedule",
+                                        "--json"], env={**node.env, **env}, cwd=REPO,
+                                       capture_output=True, text=True, timeout=60)
+                assert shown.returncode == 0, shown.stderr
+                return next(r for r in json.loads(shown.stdout) if r["entry"] == ENTRY)
+
+            row = schedule_row()
+            assert row["task"] == ENTRY and row["period"] == PERIOD and row["state"] == "ok"
             assert time.time() - 10 < row["last_start"] <= time.time()
             assert 0 <= row["lateness"] < 5
             assert row["next_due"] > row["last_due"]
 
             # The node away for 10 s: beat keeps sending, the messages expire.
             node.stop()
-            time.sleep(10)
+            stopped = time.monotonic()
+            # Beat still sends; nothing starts: the command shows it while it lasts.
+            time.sleep(2 * PERIOD + 0.5)
+            assert schedule_row()["state"] == "not started"
+            time.sleep(max(10 - (time.monotonic() - stopped), 0))
             node.start(wait=False)
 
             def missed() -> float:

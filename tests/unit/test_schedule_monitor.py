@@ -170,3 +170,15 @@ def test_configured_periods_of_tasker_own_entries(app: Any) -> None:
     periods = sm.configured_periods(app.conf.beat_schedule)
     assert set(periods) == {"tasker.sample_fleet", "tasker.recover_steps"}
     assert all(p and p > 0 for p in periods.values())
+
+
+def test_the_command_tells_a_silent_beat_from_runs_not_starting() -> None:
+    from tasker.cli.schedule import entry_state
+
+    row = {"period": 2.0, "last_due": 100.0, "next_due": 102.0, "last_start_due": 100.0}
+    assert entry_state(row, 101.0) == "ok"
+    assert entry_state(row, 103.9) == "ok"  # the run due at 102 may still start in time
+    assert entry_state({**row, "last_due": 102.0, "next_due": 104.0}, 104.1) == "not started"
+    assert entry_state(row, 104.1) == "beat silent"  # and beat sent nothing due at 102
+    assert entry_state({**row, "last_start_due": None}, 100.5) == "never started"
+    assert entry_state({"period": 2.0}, 102.5) == "unknown"
