@@ -324,13 +324,17 @@ def record_start(request: Any, started: float | None = None) -> int | None:
     """Record a stamped run's start; the missed runs it counted (None: not stamped).
 
     Called in the process that starts the task. Runs without a recorder (no
-    metrics) still update the store, so ``tasker schedule`` stays right.
+    metrics) still update the store, so ``tasker schedule`` stays right. A
+    retry, and a redelivery of the entry's latest start, record nothing: each
+    scheduled run is observed once.
     """
     from tasker.metrics import recording
 
     entry = _header(request, ENTRY_HEADER)
     if not isinstance(entry, str):
         return None
+    if getattr(request, "retries", 0):
+        return None  # a retry of a run that started already: not a scheduled start
     try:
         due = float(_header(request, DUE_HEADER))
         raw_period = _header(request, PERIOD_HEADER)
@@ -348,6 +352,8 @@ def record_start(request: Any, started: float | None = None) -> int | None:
             previous = store.record_start(entry, due, started, lateness)
         except Exception as exc:  # noqa: BLE001 - count what the headers show
             _warn_once("record_start", exc)
+    if previous is not None and due == previous:
+        return 0  # a redelivery of the latest start (a lost worker): counted already
     missed, _in_order = missed_runs(due, started, period, previous)
     recorder = recording.current()
     if recorder is not None:

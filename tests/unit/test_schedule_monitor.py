@@ -149,6 +149,10 @@ def test_a_start_records_lateness_last_start_and_missed_runs(recorder: Any) -> N
     # Five dues never started (their messages expired), then one 2.5 s late.
     assert sm.record_start(_request("e", 112.0), started=114.5) == 6
     assert sm.record_start(SimpleNamespace(), started=115.0) is None  # not from beat
+    retry = _request("e", 112.0)
+    retry.retries = 1
+    assert sm.record_start(retry, started=116.0) is None
+    assert sm.record_start(_request("e", 112.0), started=117.0) == 0  # redelivered
     assert _value(m.schedule_missed, "tasker_schedule_missed_total", entry="e") == 6
     assert _value(m.schedule_last_start, "tasker_schedule_last_start_timestamp_seconds",
                   entry="e") == 114.5
