@@ -23,11 +23,11 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["bucket_index", "upper_bound", "reduce_schema", "NativeCounts", "ZERO_THRESHOLD",
-           "DEFAULT_SCHEMA", "MAX_BUCKETS", "spans_and_deltas"]
+__all__ = ["bucket_index", "upper_bound", "reduce_schema", "NativeCounts", "DEFAULT_SCHEMA",
+           "MAX_BUCKETS", "spans_and_deltas"]
 
-#: Observations at or below this go to the zero bucket (client_golang's default, 2**-128).
-ZERO_THRESHOLD = 2.0 ** -128
+# The zero bucket's threshold is where observations are recorded:
+# tasker.metrics.native_series.ZERO_THRESHOLD.
 #: 32 buckets per power of two: neighbouring bounds 2.2 % apart, so a quantile
 #: interpolated inside one bucket is off by less than that.
 DEFAULT_SCHEMA = 5

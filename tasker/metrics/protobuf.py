@@ -125,26 +125,32 @@ def _bucket(le: float, cumulative: float) -> bytes:
 
 def _histogram(labels: dict[str, str], samples: dict[str, object], name: str,
                native: NativeCounts | None) -> bytes:
-    body = _uint(1, _count(samples.get("count", 0.0)))  # type: ignore[arg-type]
-    body += _f64(2, float(samples.get("sum", 0.0)))  # type: ignore[arg-type]
-    body += b"".join(_bucket(le, cumulative) for le, cumulative in sorted(
-        samples.get("buckets", {}).items()) if not math.isinf(le))  # type: ignore[union-attr]
-    # (+Inf is optional in protobuf: it is the sample count)
+    count = samples.get("count", 0.0)
     if native is not None:
         native = native.limited()
-        body += _sint(5, native.schema) + _f64(6, ZERO_THRESHOLD)
-        body += _uint(7, _count(native.zero_count))
+        # Prometheus refuses a histogram whose count is not its buckets' total
+        # (and with it the whole scrape). The classic count and the native
+        # buckets sit in two files read a moment apart, so the count sent is
+        # the native total: it only grows, as each file's values do.
+        count = native.zero_count + math.fsum(native.buckets.values())
+    parts = [_uint(1, _count(count)),  # type: ignore[arg-type]
+             _f64(2, float(samples.get("sum", 0.0)))]  # type: ignore[arg-type]
+    # (+Inf is optional in protobuf: it is the sample count)
+    parts += [_bucket(le, cumulative) for le, cumulative in sorted(
+        samples.get("buckets", {}).items()) if not math.isinf(le)]  # type: ignore[union-attr]
+    if native is not None:
+        parts += [_sint(5, native.schema), _f64(6, ZERO_THRESHOLD),
+                  _uint(7, _count(native.zero_count))]
         spans, deltas = spans_and_deltas(native.buckets)
         if not spans:  # a no-op span: still a native histogram, with no observation yet
             spans = [(0, 0)]
-        for offset, length in spans:
-            body += _len(12, _sint(1, offset) + _uint(2, length))
-        body += b"".join(_DELTA_TAG + _varint((d << 1) ^ (d >> 63)) for d in deltas)
-    return _len(4, _labels(labels) + _len(7, body))
+        parts += [_len(12, _sint(1, offset) + _uint(2, length)) for offset, length in spans]
+        parts += [_DELTA_TAG + _varint((d << 1) ^ (d >> 63)) for d in deltas]
+    return _len(4, _labels(labels) + _len(7, b"".join(parts)))
 
 
 def _family(family: Metric, native: Mapping[NativeKey, NativeCounts]) -> bytes:
-    metrics = b""
+    metrics: list[bytes] = []  # joined once: += on bytes would copy at every series
     if family.type == "histogram":
         by_labels: dict[tuple[tuple[str, str], ...], dict[str, object]] = {}
         for s in family.samples:
@@ -157,20 +163,21 @@ def _family(family: Metric, native: Mapping[NativeKey, NativeCounts]) -> bytes:
             elif s.name.endswith("_sum"):
                 entry["sum"] = s.value
         for key, entry in by_labels.items():
-            metrics += _histogram(dict(key), entry, family.name, native.get((family.name, key)))
+            metrics.append(_histogram(dict(key), entry, family.name,
+                                      native.get((family.name, key))))
         typ, name = _HISTOGRAM, family.name
     elif family.type == "counter":
         for s in family.samples:
             if s.name.endswith("_total"):
-                metrics += _len(4, _labels(s.labels) + _len(3, _f64(1, s.value)))
+                metrics.append(_len(4, _labels(s.labels) + _len(3, _f64(1, s.value))))
         typ, name = _COUNTER, family.name + "_total"
     else:
         field, typ = (2, _GAUGE) if family.type == "gauge" else (5, _UNTYPED)
         for s in family.samples:
-            metrics += _len(4, _labels(s.labels) + _len(field, _f64(1, s.value)))
+            metrics.append(_len(4, _labels(s.labels) + _len(field, _f64(1, s.value))))
         name = family.name if family.type == "gauge" else family.samples[0].name \
             if family.samples else family.name
-    return _text(1, name) + _text(2, family.documentation) + _uint(3, typ) + metrics
+    return b"".join([_text(1, name), _text(2, family.documentation), _uint(3, typ), *metrics])
 
 
 def encode(families: Iterable[Metric], native: Mapping[NativeKey, NativeCounts]) -> bytes:

@@ -180,6 +180,8 @@ class Recorder:
         self._flush_lock = threading.Lock()
         self._exceptions: set[str] = set()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        # Bounded as the label values are (task names, queues, workflows).
+        self._natives: dict[tuple[int, tuple[str, ...]], NativeSeries] = {}
         #: Pool processes that stopped recording, node-wide (set by the worker node).
         self.stopped_processes: SharedCount | None = None
         self.main_pid = os.getpid()  # the node's MainProcess builds the recorder
@@ -203,13 +205,22 @@ class Recorder:
         return found
 
     def native_of(self, metric: Any, labels: tuple[str, ...]) -> NativeSeries | None:
-        """The native buckets of one labelled histogram, or None when it has none."""
+        """The native buckets of one labelled histogram, or None when it has none.
+
+        One object per label set, shared by every caller: two objects for one
+        label set would each keep its own copy of a bucket's value and write
+        over each other's counts (several routing keys map to one queue label).
+        """
         labelnames = self._native_metrics.get(id(metric))
         if labelnames is None or self.native_schema is None:
             return None
-        family = metric.describe()[0]  # public: the family's name and help text
-        return NativeSeries(family.name, family.documentation, labelnames, labels,
-                            self.native_schema)
+        key = (id(metric), tuple(labels))
+        found = self._natives.get(key)
+        if found is None:
+            family = metric.describe()[0]  # public: the family's name and help text
+            found = self._natives[key] = NativeSeries(family.name, family.documentation,
+                                                      labelnames, labels, self.native_schema)
+        return found
 
     def task_label(self, name: str | None) -> str:
         return name if name and name in self._known_tasks() else UNREGISTERED
@@ -558,37 +569,34 @@ def _on_postrun(sender: Any = None, task_id: str = "", task: Any = None,
             _record_failed(recorder, "postrun", exc)
 
 
-#: task_failure signals counted by this process, and whether counting is
-#: paused (see tasker.metrics.request: one failure per execution). Only the
-#: thread that runs Celery's request callbacks touches them.
-_failures_counted = 0
-_failures_paused = False
+#: task_failure signals counted by this thread, and whether counting is paused
+#: in it (see tasker.metrics.request: one failure per execution). Per thread:
+#: a thread pool's other threads fail their own tasks meanwhile.
+_failures = threading.local()
 
 
 def failures_counted() -> int:
-    """How many ``task_failure`` signals this process has counted."""
-    return _failures_counted
+    """How many ``task_failure`` signals this thread has counted."""
+    return getattr(_failures, "counted", 0)
 
 
 @contextmanager
 def failures_not_counted() -> Iterator[None]:
-    """``task_failure`` signals sent inside are not counted (already counted once)."""
-    global _failures_paused
-    _failures_paused = True
+    """``task_failure`` signals sent inside (in this thread) are not counted."""
+    _failures.paused = True
     try:
         yield
     finally:
-        _failures_paused = False
+        _failures.paused = False
 
 
 @task_failure.connect(weak=False)
 @_guarded("failure")
 def _on_failure(recorder: Recorder, sender: Any = None,
                 exception: BaseException | None = None, **_: Any) -> None:
-    global _failures_counted
-    if _failures_paused:
+    if getattr(_failures, "paused", False):
         return
-    _failures_counted += 1
+    _failures.counted = getattr(_failures, "counted", 0) + 1
     recorder.on_failure(sender, exception)
 
 

@@ -29,13 +29,14 @@ Reading files that other processes are writing, without a lock:
   dropping the file: the entries before it are read, and the rest is picked
   up at the next read. Only an entry still incomplete after
   :data:`INCOMPLETE_GRACE` seconds is reported as corrupt;
+* a file is read until two consecutive copies agree (up to a few times):
+  bytes that did not change while they were copied hold no half-copied value,
+  whatever the kernel's copy or another CPU's memory order;
 * a counter or histogram value in a live process's file only ever grows, so
-  the store never reports one lower than it read before (its *floor*): how
-  the kernel copies the bytes or in which order another CPU sees them can
-  then never turn into a counter reset for Prometheus. The file is read
-  twice; only when the two copies differ (a writer was at work) are the
-  values compared with the floor, which keeps a scrape of an idle or
-  lightly loaded node as cheap as one read.
+  when no two copies agreed (a writer at work all along) the store never
+  reports one lower than it reported before (its *floor*), and a file that
+  cannot be read any more keeps its last values: never a counter reset for
+  Prometheus.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ logger = logging.getLogger("tasker.metrics")
 _HEADER = struct.Struct("<i")
 #: prometheus_client's file types, and tasker's native histogram buckets (native_series.py).
 _FILE_TYPES = frozenset({"counter", "histogram", "gauge", NATIVE_TYPE})
+#: Reads of one file until two consecutive copies agree (see _read_used).
+_READ_TRIES = 3
 #: Seconds an entry may stay incomplete (its writer is between the two stores
 #: of an append) before the file is reported as corrupt.
 INCOMPLETE_GRACE = 2.0
@@ -322,7 +325,8 @@ class MetricStore:
             return None
         except (OSError, ValueError, struct.error, UnicodeDecodeError) as exc:
             self._warn_once(name, "metrics.file_corrupt", exc)
-            return None
+            # What was read of it before stays: a counter never goes back.
+            return state.floor if state.typ != "gauge" and state.floor else None
 
     def _parse_new_entries(self, state: _FileState, data: bytes, used: int) -> None:
         pos = state.parsed_upto
@@ -362,13 +366,14 @@ class MetricStore:
             return None
         return key if isinstance(parsed, list) and len(parsed) == 4 else None
 
-    @staticmethod
-    def _note_incomplete(state: _FileState, pos: int) -> None:
+    def _note_incomplete(self, state: _FileState, pos: int) -> None:
+        """An entry not visible yet; reported once it stays so (the entries before it count)."""
         now = time.monotonic()
         if state.incomplete is None or state.incomplete[0] != pos:
             state.incomplete = (pos, now)
         elif now - state.incomplete[1] > INCOMPLETE_GRACE:
-            raise ValueError(f"entry at {pos} is still incomplete after {INCOMPLETE_GRACE} s")
+            self._warn_once(f"{state.owner}:{state.typ}:{pos}", "metrics.file_corrupt",
+                            f"entry at {pos} is still incomplete after {INCOMPLETE_GRACE} s")
 
     def _sid(self, key: str, state: _FileState) -> int:
         """The series id of a file key, parsing its JSON only the first time."""
@@ -412,8 +417,13 @@ def _read_used(path: str) -> tuple[bytes, int, bool] | None:
         if used < 8:
             raise ValueError(f"used size {used} is impossible")
         data = head + f.read(used - 8)
-        f.seek(0)
-        return data, used, f.read(len(data)) == data
+        for _ in range(_READ_TRIES):
+            f.seek(0)
+            again = f.read(len(data))
+            if again == data:
+                return data, used, True
+            data = again  # a writer was at work: compare the next two copies
+        return data, used, False
 
 
 def _parse_filename(name: str) -> tuple[str, str, str] | None:

@@ -117,3 +117,37 @@ def test_the_text_scrape_still_equals_the_stock_collector_for_the_classic_series
     theirs = generate_latest(stock).decode()
     assert sorted(ours.decode().splitlines()) == sorted(theirs.splitlines())
     assert b"_native" not in ours
+
+
+def test_the_count_sent_is_the_native_total_when_the_files_were_read_apart() -> None:
+    """Classic count and native buckets live in two files read a moment apart; Prometheus
+    drops a scrape whose histogram count is not its buckets' total."""
+    family = Histogram("pt_apart_seconds", "Apart.", buckets=(1.0,), registry=None)
+    for _ in range(3):
+        family.observe(0.5)
+    (metric_family,) = family.collect()
+    native = {("pt_apart_seconds", ()): NativeCounts(5, 1.0, {bucket_index(0.5, 5): 3.0})}
+    h = pd.families(encode([metric_family], native))["pt_apart_seconds"]["metrics"][0]
+    assert h["histogram"]["count"] == 4  # 1 in the zero bucket + 3: one observed since
+
+
+def test_one_label_set_reached_by_two_routing_keys_shares_its_native_buckets(
+        node_dir: Path) -> None:
+    from prometheus_client import Histogram as H
+
+    from tasker.metrics import recording
+    from tasker.metrics.definitions import create_metrics
+
+    metrics = create_metrics()
+    recorder = recording.Recorder(metrics, None, "w", known_tasks=lambda: {},  # type: ignore
+                                  queue_names=lambda e, r: "q", native_schema=5)
+    assert H  # the recorder's histograms are prometheus_client's
+    first = recorder.native_of(metrics.runtime, ("t", "q"))
+    assert recorder.native_of(metrics.runtime, ("t", "q")) is first
+    for _ in range(2):
+        recorder.native_of(metrics.runtime, ("t", "q")).observe(0.5)
+        recorder.child(metrics.runtime, "t", "q").observe(0.5)
+    reading = MetricStore(str(node_dir), is_alive=lambda owner: True).read()
+    (counts,) = [c for (name, labels), c in reading.native_histograms().items()
+                 if name == "tasker_task_runtime_seconds"]
+    assert sum(counts.buckets.values()) == 4

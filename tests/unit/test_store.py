@@ -482,8 +482,23 @@ def test_an_entry_not_yet_visible_ends_the_parse_without_dropping_the_file(
     other = tmp_path / "counter_1-2.db"
     other.write_bytes(complete[:split] + bytes(len(complete) - split))
     store.read()
-    store.read()
+    reading = store.read()
     assert "metrics.file_corrupt" in caplog.text
+    # ... and its complete entries still count: 3 + 4 from the first file, 3 from this one.
+    assert reading.sum_of("tt_tasks_total") == 10.0
+
+
+def test_a_file_that_cannot_be_read_any_more_keeps_its_last_counts(tmp_path: Path) -> None:
+    path = tmp_path / "counter_1-1.db"
+    path.write_bytes(db_bytes({_key("a"): 7.0}))
+    store = MetricStore(str(tmp_path), is_alive=lambda owner: True)
+    assert store.read().sum_of("tt_tasks_total") == 7.0
+    path.write_bytes(b"\xff" * 64)  # garbage from now on
+    assert store.read().sum_of("tt_tasks_total") == 7.0
+    # Folded when its process is gone: the archive keeps the 7.
+    store._is_alive = lambda owner: False
+    assert store.compact() == 1
+    assert store.read().sum_of("tt_tasks_total") == 7.0
 
 
 def test_a_live_counter_is_never_reported_lower_than_it_was_read(
