@@ -100,7 +100,7 @@ VARIANTS["tasker_no_periodic"] = Variant(
     "second consuming channel costs the event loop)",
     worker_args=("--include", "bench.no_periodic_consumer"))
 DEFAULT_VARIANTS = ("bare", "bare_events", "bare_client_reuse", "tasker", "tasker_own_client",
-                    "tasker_tracing")
+                    "tasker_tracing", "tasker_plain_client")
 #: Variants whose pool processes record nothing: their /metrics.json cannot count the tasks.
 UNCOUNTED = frozenset({"tasker_main_only"})
 BASELINE = "bare"
