@@ -32,6 +32,8 @@ broker_connection_retry_on_startup = True
 # but each attempt must fail fast enough for /healthz to tell the truth.
 broker_connection_timeout = 4.0
 broker_transport_options = {"socket_connect_timeout": 4, "socket_timeout": 10}
+if _settings.broker_master_name:  # a sentinel:// broker: which master to ask the sentinels for
+    broker_transport_options["master_name"] = _settings.broker_master_name
 
 task_serializer = "json"
 accept_content = ["json"]

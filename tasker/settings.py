@@ -43,8 +43,9 @@ SECRET_VARIABLES = ("TASKER_BROKER_URL", "TASKER_RESULT_BACKEND", "TASKER_DATABA
                     "TASKER_METRICS_TOKEN")
 #: Every variable tasker reads (also the candidates of the "did you mean" warning).
 KNOWN_VARIABLES = frozenset({
-    "TASKER_BROKER_URL", "TASKER_RESULT_BACKEND", "TASKER_DATABASE_URL",
-    "TASKER_DB_POOL_MIN", "TASKER_DB_POOL_MAX", "TASKER_METRICS_PORT", "TASKER_METRICS_BIND",
+    "TASKER_BROKER_URL", "TASKER_BROKER_MASTER_NAME", "TASKER_RESULT_BACKEND",
+    "TASKER_DATABASE_URL", "TASKER_DB_POOL_MIN", "TASKER_DB_POOL_MAX", "TASKER_METRICS_PORT",
+    "TASKER_METRICS_BIND",
     "TASKER_METRICS_TOKEN", "TASKER_RATE_WINDOW", "TASKER_EMA_ALPHA",
     "TASKER_SAMPLE_INTERVAL", "TASKER_SAMPLE_QUEUES", "TASKER_STEP_QUEUE",
     "TASKER_RECOVERY_INTERVAL", "TASKER_RECOVERY_DEADLINE", "TASKER_METRICS_INTERVAL",
@@ -75,6 +76,8 @@ class Settings:
     """The validated configuration of one tasker process."""
 
     broker_url: str = "redis://127.0.0.1:6379/0"
+    #: kombu's transport option master_name, for a sentinel:// broker.
+    broker_master_name: str | None = None
     result_backend: str | None = None
     database_url: str = "postgresql://127.0.0.1:5432/tasker"
     db_pool_min: int = 1
@@ -251,13 +254,9 @@ def _failover_url(schemes: frozenset[str], *, redis_db: bool = True,
 
 
 def _broker_url(raw: str) -> str:
-    scheme = urlsplit(raw).scheme.lower() if "://" in raw else ""
-    if scheme == "sentinel":
-        # kombu needs transport option master_name, which no setting provides.
-        raise SettingsError("sentinel:// brokers need broker_transport_options "
-                            "(master_name), which tasker does not configure; expected "
-                            f"a broker URL with scheme {', '.join(sorted(BROKER_SCHEMES))}")
-    return _failover_url(BROKER_SCHEMES)(raw)
+    # sentinel:// (one URL per sentinel, ;-separated) also needs
+    # TASKER_BROKER_MASTER_NAME: checked in load_settings, where both are known.
+    return _failover_url(BROKER_SCHEMES | {"sentinel"})(raw)
 
 
 def _result_backend(raw: str) -> str:
@@ -334,9 +333,17 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             f"TASKER_DB_POOL_MAX={db_pool_max} is invalid: expected an integer >= "
             f"TASKER_DB_POOL_MIN ({db_pool_min})"
         )
+    broker_url = _parse(env, "TASKER_BROKER_URL", Settings.broker_url, _broker_url,
+                        f"a broker URL with scheme {schemes} (or sentinel) and a host")
+    broker_master_name = _parse(env, "TASKER_BROKER_MASTER_NAME", None, str,
+                                "the name of the Redis master the sentinels watch")
+    if broker_url.lower().startswith("sentinel://") and not broker_master_name:
+        raise SettingsError(f"TASKER_BROKER_URL={redact_url(broker_url)!r} is invalid without "
+                            "TASKER_BROKER_MASTER_NAME: a sentinel:// broker needs the name of "
+                            "the master the sentinels watch (kombu's master_name)")
     return Settings(
-        broker_url=_parse(env, "TASKER_BROKER_URL", Settings.broker_url, _broker_url,
-                          f"a broker URL with scheme {schemes} and a host"),
+        broker_url=broker_url,
+        broker_master_name=broker_master_name,
         result_backend=_parse(env, "TASKER_RESULT_BACKEND", None, _result_backend,
                               "a Celery result backend URL"),
         database_url=_parse(env, "TASKER_DATABASE_URL", Settings.database_url,

@@ -7,13 +7,9 @@ sentinel is configured to fail over fast (down-after 1 s), so the test
 measures tasker's part: how soon sampling resumes once the sentinel has
 switched the master.
 
-tasker's settings do not accept ``sentinel://`` yet: kombu needs the
-transport option ``master_name`` and no setting provides it (tasker/settings.py
-refuses such a URL with that reason). The worker and beat therefore run an app
-module written by this test that sets the two values on tasker's app and
-settings, exactly what such a setting would do; the sampler code itself runs
-unchanged. TASKER_BROKER_URL points at a port nobody listens on, so anything
-that bypassed the sentinel URL would fail the test instead of passing it.
+The worker and beat run as an operator runs them: ``celery -A tasker`` with
+``TASKER_BROKER_URL=sentinel://...`` and ``TASKER_BROKER_MASTER_NAME`` (kombu's
+transport option ``master_name``); the sampler code runs unchanged.
 """
 
 from __future__ import annotations
@@ -185,38 +181,6 @@ def test_sample_queues_through_sentinel_is_exact_across_a_failover(trio: Trio) -
     assert sample.depth == 157
 
 
-APP_MODULE = '''\
-"""tasker's app with a sentinel broker: what a master-name setting would do."""
-import dataclasses
-import os
-
-from tasker import settings as _settings
-from tasker.celery_app import app
-
-app.conf.broker_url = os.environ["TASKER_TEST_SENTINEL_URL"]
-app.conf.broker_transport_options = {
-    **app.conf.broker_transport_options,
-    "master_name": os.environ["TASKER_TEST_SENTINEL_MASTER"],
-}
-_settings._current = dataclasses.replace(_settings.get_settings(),
-                                         broker_url=app.conf.broker_url)
-'''
-
-
-class SentinelWorker(WorkerNode):
-    """A real worker node of the wrapper app (``-A sentinel_app``)."""
-
-    def start(self, concurrency: int = 2, wait: bool = True) -> SentinelWorker:
-        argv = [sys.executable, "-m", "celery", "-A", "sentinel_app", "worker", "--pool",
-                "prefork", "-c", str(concurrency), "-Q", self.queue, "-n",
-                f"{self.name}@%h", "--loglevel", "INFO", "--without-mingle",
-                "--without-gossip"]
-        self.proc = _start(argv, self.log_path, self.env)
-        if wait:
-            self.wait_ready()
-        return self
-
-
 def _broker_stamp(node: WorkerNode) -> tuple[float, float | None]:
     s = node.scrape()
     return total(s, "tasker_sample_timestamp_seconds", source="broker"), total(
@@ -227,26 +191,22 @@ def _broker_stamp(node: WorkerNode) -> tuple[float, float | None]:
 @pytest.mark.timeout(180)
 def test_worker_and_sampler_through_sentinel_resume_after_failover(
         trio: Trio, tmp_path: Path, database_url: str) -> None:
-    (tmp_path / "sentinel_app.py").write_text(APP_MODULE)
     idle = f"{SESSION}-sentinel-idle-{uuid.uuid4().hex[:6]}"
     port = free_port()
     env = {**os.environ,
-           "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)]),
-           "TASKER_BROKER_URL": "redis://127.0.0.1:1/0",  # never used: see the docstring
-           "TASKER_TEST_SENTINEL_URL": trio.url,
-           "TASKER_TEST_SENTINEL_MASTER": MASTER_NAME,
+           "TASKER_BROKER_URL": trio.url,
+           "TASKER_BROKER_MASTER_NAME": MASTER_NAME,
            "TASKER_SAMPLE_INTERVAL": str(INTERVAL),
            "TASKER_SAMPLE_QUEUES": idle,
            "TASKER_STEP_QUEUE": f"{SESSION}-sentinel-steps",
            "TASKER_METRICS_PORT": str(port), "TASKER_METRICS_INTERVAL": "0"}
-    node = SentinelWorker(name=f"sentinel-{uuid.uuid4().hex[:6]}", queue=f"{idle}-work",
+    node = WorkerNode(name=f"sentinel-{uuid.uuid4().hex[:6]}", queue=f"{idle}-work",
                           port=port, log_path=tmp_path / "worker.log", env=env)
     beat: subprocess.Popen[bytes] | None = None
     try:
         node.start()
         beat = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "sentinel_app", "beat",
-             "--schedule", str(tmp_path / "schedule")],
+            [sys.executable, "-m", "celery", "-A", "tasker", "beat"],
             cwd=REPO, env=env, stdout=open(tmp_path / "beat.log", "wb"),  # noqa: SIM115
             stderr=subprocess.STDOUT, start_new_session=True)
         _publish(trio, idle, 120)

@@ -114,3 +114,10 @@ def test_the_worker_warns_about_a_typo_at_start_up() -> None:
     assert "TASKER_METRICS_PROT" in result.stderr and "TASKER_METRICS_PORT" in result.stderr, \
         result.stderr[-2000:]
     assert result.stderr.count("TASKER_METRICS_PROT") == 1
+
+
+def test_a_sentinel_broker_with_its_master_name_is_accepted() -> None:
+    url = "sentinel://:pw@127.0.0.1:26379/0;sentinel://127.0.0.1:26380/0"
+    settings = load_settings({"TASKER_BROKER_URL": url, "TASKER_BROKER_MASTER_NAME": "mymaster"})
+    assert settings.broker_url == url and settings.broker_master_name == "mymaster"
+    assert "pw" not in repr(settings)
