@@ -60,6 +60,16 @@ if os.environ.get("BENCH_CALL_COUNTS_DIR"):  # only in the nodes this tool start
     signal.signal(signal.SIGUSR2, _toggle)
 
 
+def _with_include(args: tuple[str, ...]) -> tuple[str, ...]:
+    """``args`` with this module added to ``--include`` (one option: a second one replaces it)."""
+    out = list(args)
+    if "--include" in out:
+        i = out.index("--include") + 1
+        out[i] = f"{out[i]},bench.call_counts"
+        return tuple(out)
+    return (*out, "--include", "bench.call_counts")
+
+
 def main(argv: list[str] | None = None) -> int:
     from bench import common
     from bench.overhead import VARIANTS, Generation
@@ -77,9 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["BENCH_CALL_COUNTS_DIR"] = str(work)
     for name in variants:  # every node loads this module; the same for all, so it cancels out
         v = VARIANTS[name]
-        VARIANTS[name] = type(v)(**{**v.__dict__,
-                                    "worker_args": (*v.worker_args, "--include",
-                                                    "bench.call_counts")})
+        VARIANTS[name] = type(v)(**{**v.__dict__, "worker_args": _with_include(v.worker_args)})
     client = common.redis_client()
     generation = Generation(client, variants, "calls", work, args.tasks, 1)
     if args.valgrind:

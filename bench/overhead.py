@@ -99,6 +99,11 @@ VARIANTS["tasker_no_periodic"] = Variant(
     "tasker without its periodic-work consumer in the MainProcess (diagnostic: what a "
     "second consuming channel costs the event loop)",
     worker_args=("--include", "bench.no_periodic_consumer"))
+VARIANTS["tasker_plain_no_periodic"] = Variant(
+    "tasker_plain_no_periodic", "tasker",
+    "tasker_no_periodic fed by a plain Celery client (diagnostic: tasker's per-message work "
+    "without its stamped headers)",
+    worker_args=("--include", "bench.no_periodic_consumer"), publisher="bare")
 DEFAULT_VARIANTS = ("bare", "bare_events", "bare_client_reuse", "tasker", "tasker_own_client",
                     "tasker_tracing", "tasker_plain_client")
 #: Variants whose pool processes record nothing: their /metrics.json cannot count the tasks.
