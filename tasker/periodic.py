@@ -27,10 +27,13 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import datetime, timezone
+from types import SimpleNamespace
 from typing import Any
 
 from celery import bootsteps
 from kombu import Consumer, Exchange, Queue
+
+from tasker import schedule_monitor
 
 __all__ = ["PeriodicWork", "periodic_queue_name", "PERIODIC_QUEUE", "PERIODIC_TASKS"]
 
@@ -139,8 +142,29 @@ class PeriodicWork(bootsteps.ConsumerStep):
         threading.Thread(target=self._run, args=(task, runner, headers),
                          name=f"tasker-periodic-{task}", daemon=True).start()
 
+    def stop(self, c: Any) -> None:
+        if getattr(c, "connection", None) is None:
+            # After a connection error Celery drops the connection before it
+            # stops the consumer's steps: the channels went with it, there is
+            # nothing to cancel or close (kombu would raise on the None).
+            self.consumers = []
+            return
+        super().stop(c)
+
+    def shutdown(self, c: Any) -> None:
+        if getattr(c, "connection", None) is None:
+            self.consumers = []
+            return
+        super().shutdown(c)
+
     def _run(self, task: str, runner: Callable[[dict[str, Any]], None],
              headers: dict[str, Any]) -> None:
+        try:
+            # A beat entry's start, as task_prerun records it for pool tasks
+            # (Celery sends no task signal for work run here).
+            schedule_monitor.record_start(SimpleNamespace(headers=headers))
+        except Exception:  # noqa: BLE001 - monitoring must never stop the round
+            logger.debug("periodic.schedule_record_failed", exc_info=True)
         try:
             runner(headers)
         except Exception:  # noqa: BLE001 - a failed round must never reach the event loop

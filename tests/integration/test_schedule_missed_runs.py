@@ -80,7 +80,7 @@ def test_missed_runs_lateness_and_the_missed_alert(start_node, tmp_path: Path) -
     with EmbeddedRedis(tmp_path / "redis") as server:
         url = f"redis://127.0.0.1:{server.port}/0"
         env = {"TASKER_BROKER_URL": url, "TASKER_RECOVERY_INTERVAL": str(int(PERIOD)),
-               "TASKER_SAMPLE_INTERVAL": "60"}
+               "TASKER_SAMPLE_INTERVAL": "4"}
         node = start_node(queue="celery", env=env)
         prometheus, prom_url = _start_prometheus(tmp_path, f"127.0.0.1:{node.port}")
         beat_log = open(tmp_path / "beat.log", "wb")  # noqa: SIM115 - the child writes it
@@ -107,6 +107,10 @@ def test_missed_runs_lateness_and_the_missed_alert(start_node, tmp_path: Path) -
             last_start = total(normal, "tasker_schedule_last_start_timestamp_seconds",
                                entry=ENTRY)
             assert time.time() - 10 < last_start <= time.time()
+            # The sampler runs in the MainProcess (no task signals there): recorded too.
+            sampled = total(normal, "tasker_schedule_last_start_timestamp_seconds",
+                            entry="tasker.sample_fleet")
+            assert time.time() - 20 < sampled <= time.time()
 
             # tasker schedule reads what beat and the node stored.
             def schedule_row() -> dict:
