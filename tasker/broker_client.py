@@ -16,8 +16,28 @@ from the channel's connection pool, exactly as a new object would. So one
 object per channel and pool does the same work. A channel whose pool is
 replaced (after a connection error) gets a new object with the new pool.
 
+**The poller's turn.** At every turn of the worker's event loop (about 1.5
+per task), kombu's Redis transport walks every consuming channel: it checks
+the channel's credit, rebuilds its queue list, looks its ``BRPOP``
+registration up, and registers each socket with epoll again (which fails
+with ``EEXIST``, an exception caught every time). For a channel whose
+``BRPOP`` is already waiting on a registered socket, none of that changes
+anything; a node with a second consuming channel that is mostly idle
+(tasker's periodic work) paid about 49 Python calls per task for it. So,
+for kombu 5.7 (whose code this mirrors; other versions keep theirs):
+
+* ``MultiChannelPoller.on_poll_start`` skips a channel whose ``BRPOP`` is in
+  flight on the connection it was sent on, that connection still has its
+  socket, and the socket is the one registered (exactly when kombu's own
+  ``_register_BRPOP`` would do nothing); its ``LISTEN`` side is still
+  looked after, and everything else goes through kombu's code;
+* the per-turn re-registration of each socket is an ``epoll.modify`` to the
+  same events when the loop already has that socket's reader (no exception;
+  a socket epoll no longer watches fails it and is registered as before).
+
 Installed by :mod:`tasker.celeryconfig` unless ``TASKER_REUSE_BROKER_CLIENT``
-is false.
+is false (both changes: ``bench.overhead``'s ``bare_client_reuse`` measures
+bare Celery with them).
 """
 
 from __future__ import annotations
@@ -28,6 +48,8 @@ __all__ = ["install", "uninstall", "installed"]
 
 #: Where the cached client lives on a channel: (the pool it was made for, client).
 _CACHE_ATTRIBUTE = "_tasker_sync_client"
+#: The kombu whose poller code the poller change mirrors.
+_POLLER_KOMBU = "5.7."
 
 
 def _reusing(original: Any) -> Any:
@@ -58,6 +80,83 @@ def _channel_class() -> Any:
     return kombu_redis.Channel
 
 
+def _skipping_waiting_channels(original: Any) -> Any:
+    """``MultiChannelPoller.on_poll_start`` that skips a channel with nothing to do."""
+
+    def on_poll_start(self: Any) -> None:
+        self._update_brpop_polling()
+        registered = self._chan_to_sock
+        for channel in self._channels:
+            in_poll = channel._in_poll
+            if in_poll:
+                # What _register_BRPOP checks, without its calls: the BRPOP sent
+                # on this client's connection, whose socket is the registered one.
+                client = channel.__dict__.get("client")
+                sock = registered.get((channel, client, "BRPOP"))
+                if (sock is not None and getattr(client, "connection", None) is in_poll
+                        and in_poll._sock is sock):
+                    if channel.active_fanout_queues:
+                        self._register_LISTEN(channel)
+                    continue
+            if channel.active_queues and channel.qos.can_consume():  # kombu's own steps
+                self._register_BRPOP(channel)
+            if channel.active_fanout_queues:
+                self._register_LISTEN(channel)
+
+    on_poll_start.__wrapped__ = original  # type: ignore[attr-defined]
+    return on_poll_start
+
+
+def _modifying_registered_sockets(original: Any) -> Any:
+    """``Transport.register_with_event_loop`` whose per-turn step does not re-register."""
+
+    def register_with_event_loop(self: Any, connection: Any, loop: Any) -> Any:
+        before = set(loop.on_tick)
+        result = original(self, connection, loop)
+        added = [cb for cb in loop.on_tick
+                 if cb not in before and getattr(cb, "__name__", "") == "on_poll_start"]
+        epoll = getattr(getattr(loop, "poller", None), "_epoll", None)
+        modify = getattr(epoll, "modify", None)
+        if len(added) != 1 or modify is None:
+            return result  # not the kombu this mirrors: keep its step
+        from kombu.asynchronous.hub import ERR, READ
+
+        cycle = self.cycle
+        poll_start = cycle.on_poll_start
+        readers, writers, add_reader = loop.readers, loop.writers, loop.add_reader
+        on_readable = self.on_readable
+        events = READ | ERR
+
+        def on_poll_start() -> None:
+            poll_start()
+            for fd in cycle.fds:
+                if fd not in writers and readers.get(fd) == (on_readable, (fd,)):
+                    try:
+                        modify(fd, events)  # kombu's register of a watched fd: a no-op
+                        continue
+                    except OSError:  # not watched any more (closed, reused): register
+                        pass
+                add_reader(fd, on_readable, fd)
+
+        loop.on_tick.discard(added[0])
+        loop.on_tick.add(on_poll_start)
+        return result
+
+    register_with_event_loop.__wrapped__ = original  # type: ignore[attr-defined]
+    return register_with_event_loop
+
+
+def _poller_classes() -> tuple[Any, Any] | None:
+    try:
+        import kombu
+        from kombu.transport import redis as kombu_redis
+    except ImportError:  # pragma: no cover - kombu without the redis extra
+        return None
+    if not kombu.__version__.startswith(_POLLER_KOMBU):
+        return None
+    return kombu_redis.MultiChannelPoller, kombu_redis.Transport
+
+
 def installed() -> bool:
     """Whether kombu's Redis channels reuse their synchronous client."""
     channel = _channel_class()
@@ -76,6 +175,14 @@ def install() -> bool:
         return False
     if not installed():
         channel._create_client = _reusing(channel._create_client)
+    poller = _poller_classes()
+    if poller is not None:
+        cycle, transport = poller
+        if not hasattr(cycle.on_poll_start, "__wrapped__"):
+            cycle.on_poll_start = _skipping_waiting_channels(cycle.on_poll_start)
+        if not hasattr(transport.register_with_event_loop, "__wrapped__"):
+            transport.register_with_event_loop = _modifying_registered_sockets(
+                transport.register_with_event_loop)
     return True
 
 
@@ -84,3 +191,10 @@ def uninstall() -> None:
     channel = _channel_class()
     if channel is not None and installed():
         channel._create_client = channel._create_client.__wrapped__
+    poller = _poller_classes()
+    if poller is not None:
+        cycle, transport = poller
+        if hasattr(cycle.on_poll_start, "__wrapped__"):
+            cycle.on_poll_start = cycle.on_poll_start.__wrapped__
+        if hasattr(transport.register_with_event_loop, "__wrapped__"):
+            transport.register_with_event_loop = transport.register_with_event_loop.__wrapped__
