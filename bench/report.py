@@ -146,7 +146,7 @@ def headline(benches: dict[str, Bench]) -> list[str]:
                 met = alone["median"] >= ALONE_TARGET and (ci is None
                                                            or ci[0] >= ALONE_CI_FLOOR)
                 rows.append(["… tasker's measuring alone: tasker ÷ bare Celery with tasker's "
-                             "one change to Celery's own work (`bare_client_reuse`, "
+                             "changes to kombu (`bare_client_reuse`, "
                              "`tasker/broker_client.py`), per cycle",
                              _ratio_text(alone) + _busy_note(ob),
                              f"≥ {ALONE_TARGET}, CI lower end ≥ {ALONE_CI_FLOOR}",
@@ -956,7 +956,7 @@ def instructions_section(b: Bench) -> list[str]:
             *table(["variant", "instructions per task", "added", "rounds",
                     "raw (per-second work included)", "idle, per second"], rows), "",
             "**How to read it.** *Added* is against the first variant (bare Celery with "
-            "tasker's one change to kombu). Python calls per task, counted without valgrind "
+            "tasker's changes to kombu). Python calls per task, counted without valgrind "
             "(`python -m bench.call_counts --variants ...`), are the cross-check: they do "
             "not depend on how fast the pool processes are, which under valgrind changes "
             "how many event-loop turns a task takes.", ""]
