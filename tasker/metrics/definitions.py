@@ -126,7 +126,7 @@ def _renew_label_locks_after_fork(metrics: TaskMetrics) -> None:
 def _create_metrics(buckets: tuple[float, ...]) -> TaskMetrics:
     task_labels = ("task", "queue")
     return TaskMetrics(
-        # Recorded in the MainProcess (task_received).
+        # Recorded in the MainProcess, at receipt (tasker.receipt).
         received=Counter("tasker_tasks_received", "Messages this node accepted.",
                          task_labels, registry=None),
         # Recorded in the pool process that runs the task (task_prerun...).

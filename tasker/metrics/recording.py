@@ -2,7 +2,8 @@
 
 Which process runs what (prefork pool):
 
-* MainProcess: ``task_received`` (through :mod:`tasker.receipt`),
+* MainProcess: the receipt of each message (:mod:`tasker.receipt`, a wrapper of
+  Celery's task handler, not the ``task_received`` signal),
   ``task_revoked``, ``task_rejected``, ``task_unknown``, and ``task_failure``
   for hard time limits, lost processes (``WorkerLostError``) and
   ``Reject(requeue=False)``. The MainProcess is the node's throughput
