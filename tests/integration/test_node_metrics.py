@@ -164,11 +164,12 @@ def test_recycling_every_task_keeps_files_bounded_and_totals_exact(start_node, a
     assert total(s, "tasker_tasks_started_total") == n
     assert total(s, "tasker_task_runtime_seconds_count") == n
     assert total(s, "tasker_worker_process_exits_total", reason="recycled") >= n - 2
-    # Bound: (main + 4 pool processes) x (counter, histogram, gauge) files,
-    # plus the files of processes that exited since the last 1-second sweep.
+    # Bound: (main + 4 pool processes) x (counter, histogram, gauge, native
+    # histogram) files, plus the files of processes that exited since the last
+    # 1-second sweep.
     files_now = len(list(directory.glob("*.db")))
-    assert files_now <= 5 * 3, sorted(p.name for p in directory.glob("*.db"))
-    assert max_files <= 5 * 3 + 3 * 20, max_files
+    assert files_now <= 5 * 4, sorted(p.name for p in directory.glob("*.db"))
+    assert max_files <= 5 * 4 + 4 * 20, max_files
     end_scrape = min(scrape_seconds() for _ in range(5))
     assert end_scrape <= 2 * start_scrape + 0.005, (start_scrape, end_scrape)
 

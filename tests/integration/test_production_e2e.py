@@ -418,8 +418,12 @@ def test_prometheus_rules_and_dashboards_on_a_real_node(stack: Stack, app: Any) 
     # for its 10 minutes (`for: 10m`).
     # The sampler also reports other queues of the shared test broker (the default
     # `celery` queue, queues of other tests' workers): their alerts are not ours.
-    alerts = [a for a in prom.api("/api/v1/alerts")["alerts"]
-              if a["labels"].get("queue", node.queue) == node.queue]
+    # Alert groups may be evaluated before the recording rules they read caught up
+    # with the load (a busy machine): wait for an evaluation that sees them.
+    def ours() -> list[dict]:
+        return [a for a in prom.api("/api/v1/alerts")["alerts"]
+                if a["labels"].get("queue", node.queue) == node.queue]
+    alerts = wait_for(ours, 15, 0.2, "an alert evaluation over the recorded rates")
     active = {(a["labels"]["alertname"], a["labels"].get("task"), a["state"]) for a in alerts}
     assert active == {("TaskerTaskFailureRatioHigh", "diagnostics.fail", "pending")}, alerts
 
