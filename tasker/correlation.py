@@ -39,6 +39,13 @@ from typing import Any
 from celery._state import get_current_task
 from celery.signals import before_task_publish, task_prerun
 
+from tasker.headers import (
+    CORRELATION_HEADER,
+    DELIVERY_HEADER,
+    PARENT_HEADER,
+    PUBLISHED_AT_HEADER,
+)
+
 __all__ = [
     "CORRELATION_HEADER",
     "PARENT_HEADER",
@@ -54,10 +61,6 @@ __all__ = [
     "log_task_starts_if_enabled",
 ]
 
-CORRELATION_HEADER = "tasker_correlation_id"
-PARENT_HEADER = "tasker_parent_correlation_id"
-PUBLISHED_AT_HEADER = "tasker_published_at"
-DELIVERY_HEADER = "tasker_delivery"
 
 logger = logging.getLogger("tasker.correlation")
 _task_logger = logging.getLogger("tasker.task")

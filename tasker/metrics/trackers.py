@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import MutableSequence
-from dataclasses import dataclass
 
 __all__ = [
     "SlidingWindowRate",
     "ema_update",
-    "RuntimeStats",
     "percent",
     "runs_per_hour",
     "format_uptime",
@@ -88,26 +86,6 @@ def ema_update(previous: float | None, sample: float, alpha: float) -> float:
     if previous is None:
         return sample
     return alpha * sample + (1.0 - alpha) * previous
-
-
-@dataclass
-class RuntimeStats:
-    """Count, sum, min and max of task runtimes, in seconds."""
-
-    count: int = 0
-    total: float = 0.0
-    minimum: float | None = None
-    maximum: float | None = None
-
-    def add(self, seconds: float) -> None:
-        self.count += 1
-        self.total += seconds
-        self.minimum = seconds if self.minimum is None else min(self.minimum, seconds)
-        self.maximum = seconds if self.maximum is None else max(self.maximum, seconds)
-
-    @property
-    def average(self) -> float | None:
-        return self.total / self.count if self.count else None
 
 
 def percent(part: float, whole: float) -> float | None:

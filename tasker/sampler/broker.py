@@ -33,15 +33,14 @@ from urllib.parse import quote
 import kombu
 from kombu.exceptions import KombuError
 
+from tasker.headers import PUBLISHED_AT_HEADER
+
 __all__ = [
     "PUBLISHED_AT_HEADER",
     "BrokerSampleError",
     "QueueSample",
     "sample_queues",
 ]
-
-#: Message header (float, Unix seconds) stamped by tasker's ``before_task_publish``.
-PUBLISHED_AT_HEADER = "tasker_published_at"
 
 logger = logging.getLogger("tasker.sampler")
 

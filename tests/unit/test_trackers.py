@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from tasker.metrics.trackers import (
-    RuntimeStats,
     SlidingWindowRate,
     ema_update,
     format_uptime,
@@ -165,27 +164,6 @@ def test_alpha_one_means_the_last_value() -> None:
     for sample in (5.0, 1.0, 7.5):
         ema = ema_update(ema, sample, 1.0)
     assert ema == 7.5
-
-
-# -- RuntimeStats ---------------------------------------------------------
-
-
-def test_runtime_stats_count_sum_min_max_average() -> None:
-    stats = RuntimeStats()
-    assert stats.average is None and stats.minimum is None and stats.maximum is None
-    for seconds in (0.5, 0.1, 2.0, 0.4):
-        stats.add(seconds)
-    assert stats.count == 4
-    assert stats.total == pytest.approx(3.0)
-    assert stats.minimum == 0.1
-    assert stats.maximum == 2.0
-    assert stats.average == pytest.approx(0.75)
-
-
-def test_runtime_stats_single_sample_is_min_and_max() -> None:
-    stats = RuntimeStats()
-    stats.add(0.0)
-    assert (stats.minimum, stats.maximum, stats.average) == (0.0, 0.0, 0.0)
 
 
 # -- snapshot arithmetic --------------------------------------------------
