@@ -1,4 +1,4 @@
-"""Pure trackers: sliding-window rate, latency EMA, runtime stats, snapshot arithmetic.
+"""Pure trackers: sliding-window rate, latency EMA, snapshot arithmetic.
 
 No Celery, no Prometheus, no clock of their own: callers pass ``now``, so tests
 use a fake clock. The sliding window keeps its buckets in any mutable sequence
