@@ -93,3 +93,15 @@ def app() -> object:
     from tasker.celery_app import app
 
     return app
+
+
+@pytest.fixture
+def step_queue(queue_name: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Workflow steps published from this test process go to the nodes' queue of this test."""
+    from tasker.settings import reset_settings
+
+    monkeypatch.setenv("TASKER_STEP_QUEUE", queue_name)
+    reset_settings()
+    yield queue_name
+    monkeypatch.delenv("TASKER_STEP_QUEUE")
+    reset_settings()

@@ -39,16 +39,6 @@ RECOVERY_DEADLINE = 4
 UNACKED, UNACKED_INDEX = "unacked", "unacked_index"
 
 
-@pytest.fixture
-def step_queue(queue_name: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Publish workflow steps from this test process to the nodes' queue."""
-    from tasker.settings import reset_settings
-
-    monkeypatch.setenv("TASKER_STEP_QUEUE", queue_name)
-    reset_settings()
-    yield queue_name
-    monkeypatch.delenv("TASKER_STEP_QUEUE")
-    reset_settings()
 
 
 class _Poller:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -16,17 +15,6 @@ from workflow_support import (
     queued_step_messages,
     task_records,
 )
-
-
-@pytest.fixture
-def step_queue(queue_name: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    from tasker.settings import reset_settings
-
-    monkeypatch.setenv("TASKER_STEP_QUEUE", queue_name)
-    reset_settings()
-    yield queue_name
-    monkeypatch.delenv("TASKER_STEP_QUEUE")
-    reset_settings()
 
 
 @pytest.mark.timeout(180)

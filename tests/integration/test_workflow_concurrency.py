@@ -3,24 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
-import pytest
 from support import total, wait_for
 from workflow_support import POISON_ARGS, poison_env, runs, task_records
-
-
-@pytest.fixture
-def step_queue(queue_name: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    from tasker.settings import reset_settings
-
-    monkeypatch.setenv("TASKER_STEP_QUEUE", queue_name)
-    reset_settings()
-    yield queue_name
-    monkeypatch.delenv("TASKER_STEP_QUEUE")
-    reset_settings()
 
 
 def _done(url: str, task_uuid: str) -> bool:

@@ -14,7 +14,6 @@ import math
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +28,6 @@ from workflow_support import (
     runs,
     task_records,
 )
-
-
-@pytest.fixture
-def step_queue(queue_name: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    from tasker.settings import reset_settings
-
-    monkeypatch.setenv("TASKER_STEP_QUEUE", queue_name)
-    reset_settings()
-    yield queue_name
-    monkeypatch.delenv("TASKER_STEP_QUEUE")
-    reset_settings()
 
 
 def _finished(url: str, uuids: list[str]) -> bool:

@@ -6,23 +6,11 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 
 import psycopg
 import pytest
 from support import REPO, free_port, wait_for
 from workflow_support import Poller, task_records
-
-
-@pytest.fixture
-def step_queue(queue_name: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    from tasker.settings import reset_settings
-
-    monkeypatch.setenv("TASKER_STEP_QUEUE", queue_name)
-    reset_settings()
-    yield queue_name
-    monkeypatch.delenv("TASKER_STEP_QUEUE")
-    reset_settings()
 
 
 def _by_key(url: str, key: str) -> list[str]:

@@ -51,16 +51,6 @@ def _submit_many(count: int, seed: int = 7) -> list[tuple[str, str, int]]:
     return submitted
 
 
-@pytest.fixture
-def step_queue(queue_name, monkeypatch):
-    """Publish steps from this test process to the node's queue."""
-    from tasker.settings import reset_settings
-
-    monkeypatch.setenv("TASKER_STEP_QUEUE", queue_name)
-    reset_settings()
-    yield queue_name
-    monkeypatch.delenv("TASKER_STEP_QUEUE")
-    reset_settings()
 
 
 def test_fifty_requests_across_four_shapes_complete_exactly_once(start_node, step_queue,
