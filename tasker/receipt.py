@@ -17,10 +17,14 @@ for every message tasker:
    from then on. Making a UUID for every message of a plain Celery client cost
    the MainProcess about 8,000 instructions each, for an id nothing in the
    MainProcess would have shown;
-2. hands the message to Celery's handler;
-3. counts it received (``tasker_tasks_received_total``): one addition in
+2. counts it received (``tasker_tasks_received_total``): one addition in
    memory, folded into the counter before every reading
-   (:meth:`tasker.metrics.recording.Recorder.flush_received`).
+   (:meth:`tasker.metrics.recording.Recorder.flush_received`). Before Celery's
+   handler, which may hand the task to a pool process that starts and finishes
+   it before this thread runs again: a scrape never sees a task started that
+   is not received yet;
+3. hands the message to Celery's handler; when Celery refuses it (an invalid
+   message raises there), the count is taken back.
 
 It used to be a ``task_received`` receiver. Celery's dispatch of that signal
 alone cost every message about 11,000 instructions (``bench.instructions``),
@@ -89,24 +93,32 @@ def receiving(name: str, strategy: Strategy, recorder: recording.Recorder | None
             # Only the shape here: a full check costs about 3,000 instructions.
             if given.__class__ is not str or len(given) != 36:
                 watching = on_receipt(name, headers, False)
-        result = strategy(message, body, ack, reject, callbacks)
+        # Counted before Celery's handler hands the task to the pool: a scrape
+        # must never see a task started (or finished) that is not received yet.
+        entry = None
         if recorder is not None:
             try:
                 info = message.delivery_info
                 key = (info.get("exchange"), info.get("routing_key"))
                 entry = counts.get(key)
                 if entry is None:
-                    entry = recorder.received_entry(name, info)
-                    if entry is None:  # past the recorder's bound: counted already
-                        return result
-                    counts[key] = entry
-                # Only this thread (the event loop) adds to entry[0]; the flush reads it.
-                entry[0] += 1
+                    entry = recorder.received_entry(name, info)  # None: counted already
+                    if entry is not None:
+                        counts[key] = entry
+                if entry is not None:
+                    # Only this thread (the event loop) changes entry[0]; the flush reads it.
+                    entry[0] += 1
             except Exception:  # noqa: BLE001 - a count must never fail a message
+                entry = None
                 # The recorder's own path, which counts and logs its failures.
                 recording.record_received(
                     _Received(name, getattr(message, "delivery_info", None)))
-        return result
+        try:
+            return strategy(message, body, ack, reject, callbacks)
+        except BaseException:
+            if entry is not None:  # Celery refused the message (invalid): not received
+                entry[0] -= 1
+            raise
 
     setattr(tasker_receipt, _WRAPPED, True)
     tasker_receipt.__wrapped__ = strategy  # type: ignore[attr-defined]
