@@ -96,9 +96,11 @@ def test_db_pool_saturation_and_server_connections(start_node, app, database_url
         app.send_task("diagnostics.hold_db", args=(6,), queue=node.queue)
 
     def saturated():
+        # A process's gauge and histogram files are read a moment apart: wait for
+        # a scrape that has all four checkouts in both.
         s = node.scrape()
         held = total(s, "tasker_db_pool_size") - total(s, "tasker_db_pool_available")
-        return held == 4 and s
+        return held == 4 and total(s, "tasker_db_pool_wait_seconds_count") >= 4 and s
     s = wait_for(saturated, timeout=30, message="four held pooled connections")
     assert total(s, "tasker_db_pool_max") == 8
     assert total(s, "tasker_db_pool_utilization") == 0.5
