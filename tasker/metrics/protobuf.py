@@ -123,7 +123,7 @@ def _bucket(le: float, cumulative: float) -> bytes:
     return b"\x1a" + _varint(len(payload)) + payload  # field 3, length-delimited
 
 
-def _histogram(labels: dict[str, str], samples: dict[str, object], name: str,
+def _histogram(labels: dict[str, str], samples: dict[str, object],
                native: NativeCounts | None) -> bytes:
     count = samples.get("count", 0.0)
     if native is not None:
@@ -163,8 +163,7 @@ def _family(family: Metric, native: Mapping[NativeKey, NativeCounts]) -> bytes:
             elif s.name.endswith("_sum"):
                 entry["sum"] = s.value
         for key, entry in by_labels.items():
-            metrics.append(_histogram(dict(key), entry, family.name,
-                                      native.get((family.name, key))))
+            metrics.append(_histogram(dict(key), entry, native.get((family.name, key))))
         typ, name = _HISTOGRAM, family.name
     elif family.type == "counter":
         for s in family.samples:
