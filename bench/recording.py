@@ -81,13 +81,15 @@ def main(argv: list[str] | None = None) -> int:
 
         # Activation, as TaskerMetricsStep.__init__ does it.
         from tasker import app
-        from tasker.metrics import bootstep, recording
+        from tasker.metrics import recording
         from tasker.metrics.definitions import create_metrics
+        from tasker.metrics.mmap_files import _use_multiprocess_values
         from tasker.metrics.node_state import FILE_NAME, NodeState
+        from tasker.metrics.queue_names import queue_resolver
         from tasker.settings import get_settings
 
         get_settings()  # read once, as a worker does before it claims its directory
-        bootstep._use_multiprocess_values(directory)
+        _use_multiprocess_values(directory)
         metrics = create_metrics()
         path = os.path.join(directory, FILE_NAME)
         shared_state = NodeState.create(path, 60.0, 0.1, time.time(), pool_processes=2)
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         state = NodeState(path)
         recorder = recording.Recorder(
             metrics, state, "bench@localhost", known_tasks=lambda: app.tasks,
-            queue_names=bootstep._queue_resolver(app), directory=directory,
+            queue_names=queue_resolver(app), directory=directory,
             native_schema=native_schema)
         recording.activate(recorder)
 

@@ -80,11 +80,11 @@ class Shape:
     def __init__(self, task_names: list[str], scratch: str) -> None:
         from prometheus_client.mmap_dict import MmapedDict
 
-        from tasker.metrics import bootstep
         from tasker.metrics.definitions import create_metrics
+        from tasker.metrics.mmap_files import _use_multiprocess_values
 
         # Real metric objects write real keys (this process is only a generator).
-        bootstep._use_multiprocess_values(scratch)
+        _use_multiprocess_values(scratch)
         metrics = create_metrics()
         for name in task_names:
             metrics.started.labels(name, QUEUE).inc()

@@ -57,11 +57,14 @@ def measure(names: int) -> dict[str, Any]:
         from celery import signals
 
         from tasker import app
-        from tasker.metrics import bootstep, identity, recording
+        from tasker.metrics import identity, recording
         from tasker.metrics.definitions import create_metrics
+        from tasker.metrics.mmap_files import _use_multiprocess_values
         from tasker.metrics.node_state import FILE_NAME, NodeState
+        from tasker.metrics.queue_names import queue_resolver
+        from tasker.metrics.zero_series import create_zero_series
 
-        bootstep._use_multiprocess_values(directory)
+        _use_multiprocess_values(directory)
         app.loader.import_default_modules()
         for i in range(max(0, names - len(_user_tasks(app)))):
             app.task(name=f"bench.task{i:04d}")(_noop)
@@ -70,10 +73,10 @@ def measure(names: int) -> dict[str, Any]:
                                  pool_processes=2)
         recorder = recording.Recorder(metrics, state, "bench@localhost",
                                       known_tasks=lambda: app.tasks,
-                                      queue_names=bootstep._queue_resolver(app),
+                                      queue_names=queue_resolver(app),
                                       directory=directory)
         recording.activate(recorder)
-        bootstep._create_zero_series(recorder, app)  # before the fork, as a node does
+        create_zero_series(recorder, app)  # before the fork, as a node does
         tasks = [app.tasks[name] for name in _user_tasks(app)]
         main = _files_of(directory, identity.process_identifier())
         read_fd, write_fd = os.pipe()

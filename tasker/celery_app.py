@@ -20,9 +20,10 @@ app.config_from_object("tasker.celeryconfig")
 from tasker import correlation, receipt, schedule_monitor, tracing, worker_process  # noqa: E402,F401,E501
 from tasker.broker_health import BrokerConnected  # noqa: E402
 from tasker.broker_loss import SurviveBrokerLoss  # noqa: E402
+from tasker.decode_errors import DecodeErrorCounter  # noqa: E402
 from tasker.flower_rows import FlowerRows  # noqa: E402
-from tasker.metrics import recording  # noqa: E402,F401
-from tasker.metrics.bootstep import DecodeErrorCounter, TaskerMetricsStep  # noqa: E402
+from tasker.metrics import pool_processes, recording  # noqa: E402,F401
+from tasker.metrics.bootstep import TaskerMetricsStep  # noqa: E402
 from tasker.periodic import PeriodicWork  # noqa: E402
 
 app.steps["worker"].add(TaskerMetricsStep)

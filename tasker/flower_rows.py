@@ -14,6 +14,8 @@ from typing import Any
 
 from celery import bootsteps
 
+from tasker.metrics.bootstep import node_of
+
 __all__ = ["FlowerRows", "flatten"]
 
 logger = logging.getLogger("tasker.metrics")
@@ -41,9 +43,7 @@ class FlowerRows(bootsteps.StartStopStep):
     """Consumer bootstep: adds the flattened snapshot to ``inspect stats``."""
 
     def info(self, consumer: Any) -> dict[str, Any]:
-        from tasker.metrics.bootstep import current_node
-
-        node = current_node()
+        node = node_of(consumer.controller)
         if node is None:
             return {}
         try:

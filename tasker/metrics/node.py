@@ -67,7 +67,8 @@ class Node:
     def __init__(self, hostname: str, directory: str, metrics: TaskMetrics, state: NodeState,
                  handlers: HandlerRegistry, worker: WorkerView, version: str,
                  started: float | None = None,
-                 fleet: Any = None) -> None:
+                 fleet: Any = None,
+                 before_reading: Callable[[], None] = lambda: None) -> None:
         self.hostname = hostname
         self.directory = directory
         self.metrics = metrics
@@ -80,7 +81,7 @@ class Node:
         self.fleet = fleet
         #: Called before the metric files are read: counts kept in memory are
         #: written to them (the MainProcess's received count, see Recorder).
-        self.before_reading: Callable[[], None] = lambda: None
+        self.before_reading = before_reading
         self.main_pid = os.getpid()
         self._sweep_lock = threading.Lock()
         # Exited processes whose markers could not be deleted (an unwritable

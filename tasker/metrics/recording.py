@@ -156,12 +156,15 @@ class Recorder:
         queue_names: maps (exchange, routing key) to the queue a message came from.
         directory: the node's multiprocess directory.
         native_schema: the schema of native histograms, None to record none.
+        stopped_processes: counts pool processes that stopped recording (a worker
+            node gives one shared by its pool processes; None outside a node).
     """
 
     def __init__(self, metrics: TaskMetrics, node_state: NodeState, worker: str,
                  known_tasks: Callable[[], Mapping[str, Any]],
                  queue_names: Callable[[str | None, str | None], str],
-                 directory: str = "", native_schema: int | None = None) -> None:
+                 directory: str = "", native_schema: int | None = None,
+                 stopped_processes: SharedCount | None = None) -> None:
         self.metrics = metrics
         self.native_schema = native_schema
         #: id() of the histograms also recorded as native histograms.
@@ -183,8 +186,8 @@ class Recorder:
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         # Bounded as the label values are (task names, queues, workflows).
         self._natives: dict[tuple[int, tuple[str, ...]], NativeSeries] = {}
-        #: Pool processes that stopped recording, node-wide (set by the worker node).
-        self.stopped_processes: SharedCount | None = None
+        #: Pool processes that stopped recording, node-wide (given by the worker node).
+        self.stopped_processes = stopped_processes
         self.main_pid = os.getpid()  # the node's MainProcess builds the recorder
 
     # Label helpers -------------------------------------------------------

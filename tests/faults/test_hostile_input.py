@@ -310,7 +310,7 @@ def test_forged_routing_keys_keep_the_queue_label_bounded(start_node, app, redis
              message=f"{count} forged messages ran")
     status, _, body = http_get(f"{node.url}/metrics")
     assert status == 200
-    from tasker.metrics.bootstep import UNMATCHED_QUEUE
+    from tasker.metrics.queue_names import UNMATCHED_QUEUE
 
     queues = {v for (_, ls) in parse_metrics(body.decode()) for k, v in ls if k == "queue"}
     # Routing keys that match no declared queue all become one label value.

@@ -270,7 +270,7 @@ def test_allocation_failure_stops_recording_once(tmp_path: Path, monkeypatch: py
     from prometheus_client import values
 
     from tasker import db
-    from tasker.metrics import bootstep, recording
+    from tasker.metrics import mmap_files, pool_processes, recording
     from tasker.metrics import values as tasker_values
     from tasker.metrics.definitions import create_metrics
     from tasker.metrics.node_state import NodeState
@@ -280,7 +280,7 @@ def test_allocation_failure_stops_recording_once(tmp_path: Path, monkeypatch: py
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     process = ["1000-1"]
     values.ValueClass = tasker_values.multiprocess_value_class(
-        lambda: process[0], bootstep.AllocatedMmapedDict)
+        lambda: process[0], mmap_files.AllocatedMmapedDict)
 
     def fork_as(identity: str) -> None:
         process[0] = identity
@@ -292,8 +292,8 @@ def test_allocation_failure_stops_recording_once(tmp_path: Path, monkeypatch: py
     recorder = recording.Recorder(metrics, state, "w@h",
                                   known_tasks=lambda: {"diagnostics.noop": None},
                                   queue_names=lambda exchange, key: key or "q",
-                                  directory=str(tmp_path))
-    recorder.stopped_processes = recording.SharedCount()
+                                  directory=str(tmp_path),
+                                  stopped_processes=recording.SharedCount())
     recorder.child(metrics.received, "diagnostics.noop", "q").inc()
     recorder.main_pid = -1  # from here on this process plays the pool processes
     main_files = sorted(p.name for p in tmp_path.glob("*.db"))
@@ -310,7 +310,7 @@ def test_allocation_failure_stops_recording_once(tmp_path: Path, monkeypatch: py
         caplog.set_level(logging.DEBUG, logger="tasker.metrics")
         # Pool process 1 starts: its files get no space at worker_process_init.
         fork_as("1001-1")
-        bootstep._pool_process_started()
+        pool_processes._pool_process_started()
         assert recording.current() is None  # recording stopped in this process
         assert type(db.current_observer()) is db.PoolObserver
         # Its task runs: the receivers do nothing, and raise nothing.

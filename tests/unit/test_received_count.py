@@ -18,8 +18,8 @@ def recorder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[n
 
     from tasker.metrics import recording
     from tasker.metrics import values as tasker_values
-    from tasker.metrics.bootstep import AllocatedMmapedDict
     from tasker.metrics.definitions import create_metrics
+    from tasker.metrics.mmap_files import AllocatedMmapedDict
     from tasker.metrics.node_state import NodeState
 
     monkeypatch.setattr(values, "ValueClass", values.ValueClass)  # restored afterwards
