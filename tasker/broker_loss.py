@@ -23,35 +23,39 @@ from typing import Any
 
 from celery import bootsteps
 
+from tasker.contracts.celery_worker import wrap_connection_error_handler
+
 __all__ = ["SurviveBrokerLoss"]
 
 logger = logging.getLogger("tasker.broker")
 
 
 class SurviveBrokerLoss(bootsteps.Step):
-    """Wraps the consumer's ``on_connection_error_after_connected``."""
+    """Wraps the consumer's ``on_connection_error_after_connected`` (a Celery internal:
+    :mod:`tasker.contracts.celery_worker`)."""
 
     label = "tasker broker loss"
 
     def __init__(self, c: Any, **kwargs: Any) -> None:
         super().__init__(c, **kwargs)
-        original = getattr(c, "on_connection_error_after_connected", None)
-        if original is None:  # another Celery version: nothing to wrap
-            return
 
-        def on_connection_error_after_connected(exc: BaseException) -> Any:
-            connection = c.connection
-            if connection is not None:
-                close = connection.close
+        def wrap(original: Any) -> Any:
+            def on_connection_error_after_connected(exc: BaseException) -> Any:
+                connection = c.connection
+                if connection is not None:
+                    close = connection.close
 
-                def close_tolerantly(*args: Any, **kw: Any) -> Any:
-                    try:
-                        return close(*args, **kw)
-                    except AttributeError as err:
-                        logger.warning("broker.close_failed", extra={"reason": repr(err)})
-                        return None
+                    def close_tolerantly(*args: Any, **kw: Any) -> Any:
+                        try:
+                            return close(*args, **kw)
+                        except AttributeError as err:
+                            logger.warning("broker.close_failed", extra={"reason": repr(err)})
+                            return None
 
-                connection.close = close_tolerantly  # Celery calls it next
-            return original(exc)
+                    connection.close = close_tolerantly  # Celery calls it next
+                return original(exc)
 
-        c.on_connection_error_after_connected = on_connection_error_after_connected
+            return on_connection_error_after_connected
+
+        # Another Celery version (the start check said so): nothing to wrap.
+        wrap_connection_error_handler(c, wrap)

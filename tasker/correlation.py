@@ -36,9 +36,9 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-from celery._state import get_current_task
 from celery.signals import before_task_publish, task_prerun
 
+from tasker.contracts import celery_worker
 from tasker.headers import (
     CORRELATION_HEADER,
     DELIVERY_HEADER,
@@ -143,7 +143,7 @@ def _running_task_ids() -> tuple[str | None, str | None]:
     a node whose CPUs are all busy that time is taken from the MainProcess
     and Redis (see BENCHMARKS.md).
     """
-    task = get_current_task()
+    task = celery_worker.current_task()  # Celery's private one, checked at start
     if task is None:
         return None, None
     request = task.request

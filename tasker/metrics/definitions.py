@@ -13,11 +13,12 @@ processing rate, latency EMA, memory...) are not here but in
 from __future__ import annotations
 
 import os
-import threading
 import weakref
 from dataclasses import dataclass, fields
 
 from prometheus_client import Counter, Gauge, Histogram
+
+from tasker.contracts.prometheus import renew_label_lock
 
 __all__ = ["TaskMetrics", "create_metrics", "DEFAULT_BUCKETS", "RUNTIME_BUCKETS", "WAIT_BUCKETS",
            "LIVE_GAUGE_MODES", "NATIVE_HISTOGRAMS"]
@@ -105,10 +106,11 @@ def _renew_label_locks_after_fork(metrics: TaskMetrics) -> None:
     """Give a forked pool process fresh locks for its ``labels()`` calls.
 
     prometheus_client guards each labelled metric's table of children with a
-    ``threading.Lock`` (its ``_lock``). The MainProcess's other threads create
-    children too (exit counts, error counts), and billiard may fork a pool
-    process at that very moment: the child's copy of the lock would stay taken
-    for good and its first ``labels()`` on that metric would hang. The table
+    ``threading.Lock`` (its private ``_lock``: :mod:`tasker.contracts.prometheus`).
+    The MainProcess's other threads create children too (exit counts, error
+    counts), and billiard may fork a pool process at that very moment: the
+    child's copy of the lock would stay taken for good and its first
+    ``labels()`` on that metric would hang. The table
     itself is a dict, consistent between bytecodes.
     """
     ref = weakref.ref(metrics)
@@ -116,9 +118,7 @@ def _renew_label_locks_after_fork(metrics: TaskMetrics) -> None:
     def renew() -> None:
         found = ref()
         for field in fields(TaskMetrics) if found is not None else ():
-            metric = getattr(found, field.name)
-            if hasattr(metric, "_lock"):
-                metric._lock = threading.Lock()
+            renew_label_lock(getattr(found, field.name))
 
     os.register_at_fork(after_in_child=renew)
 

@@ -23,8 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from prometheus_client import values
-
+from tasker.contracts.prometheus import new_value
 from tasker.metrics.native import bucket_index
 
 __all__ = ["NativeSeries", "NativeObserving", "NATIVE_TYPE", "BUCKET_LABEL", "ZERO_THRESHOLD",
@@ -56,9 +55,9 @@ class NativeSeries:
         self._highest = bucket_index(HIGHEST, schema)
 
     def _value(self, bucket: str) -> Any:
-        # The installed value class: tasker's in a worker node (see values.py).
-        return values.ValueClass(NATIVE_TYPE, self._name, f"{self._name}_native",
-                                 self._labelnames, (*self._labelvalues, bucket), self._help)
+        # The installed value class: tasker's in a worker node (contracts/mmap_values.py).
+        return new_value(NATIVE_TYPE, self._name, f"{self._name}_native",
+                         self._labelnames, (*self._labelvalues, bucket), self._help)
 
     def pair(self, amount: float) -> tuple[Any, float]:
         """(the value of the bucket ``amount`` falls into, 1.0): for ``add_many``."""

@@ -54,6 +54,7 @@ from celery.signals import (
 )
 from celery.states import SUCCESS
 
+from tasker.contracts.prometheus import child_value, histogram_parts
 from tasker.correlation import PUBLISHED_AT_HEADER
 from tasker.metrics.definitions import NATIVE_HISTOGRAMS, TaskMetrics
 from tasker.metrics.native_series import NativeObserving, NativeSeries
@@ -131,12 +132,10 @@ class _TaskSeries:
            active: Any, native_runtime: NativeSeries | None = None,
            native_wait: NativeSeries | None = None) -> _TaskSeries:
         """From the labelled children of the five metrics (and their native buckets)."""
-        try:  # prometheus_client's children keep their values here (0.20 up to 0.26 at least)
-            values = (started._value, succeeded._value, active._value,
-                      _HistogramValues(list(runtime._upper_bounds), runtime._buckets,
-                                       runtime._sum, native_runtime),
-                      _HistogramValues(list(queue_wait._upper_bounds), queue_wait._buckets,
-                                       queue_wait._sum, native_wait))
+        try:  # where prometheus_client's children keep their values (checked at start)
+            values = (child_value(started), child_value(succeeded), child_value(active),
+                      _HistogramValues(*histogram_parts(runtime), native_runtime),
+                      _HistogramValues(*histogram_parts(queue_wait), native_wait))
             add = adder_of(values[0])
         except AttributeError:  # another layout: the public methods, one by one
             values = (started, succeeded, active, _Observing(runtime, native_runtime),

@@ -14,7 +14,12 @@ does not change between scrapes:
 
 The file format is prometheus_client's ``MmapedDict``: a 4-byte ``used`` size,
 4 bytes of padding, then entries of (4-byte key length, UTF-8 JSON key padded
-to 8 bytes, double value, double timestamp).
+to 8 bytes, double value, double timestamp). It is private to
+prometheus_client, so what this store knows of it is in tasker's contract
+(:mod:`tasker.contracts.prometheus`), checked on the installed version when
+a node starts. A complete key of another shape stops every read with one
+line naming it (a scrape fails, loudly) rather than leaving it out: an
+empty scrape, silently.
 
 Reading files that other processes are writing, without a lock:
 
@@ -41,7 +46,6 @@ Reading files that other processes are writing, without a lock:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import struct
@@ -55,6 +59,14 @@ from typing import Any
 from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString
 
+from tasker.contracts.prometheus import (
+    FIRST_ENTRY,
+    HEADER,
+    UnknownKeyShape,
+    entry_end,
+    parse_key,
+)
+from tasker.contracts.prometheus import read_used as _read_used
 from tasker.metrics import identity
 from tasker.metrics.native import NativeCounts, reduce_schema
 from tasker.metrics.native_series import BUCKET_LABEL, NATIVE_TYPE, parse_bucket
@@ -63,11 +75,8 @@ __all__ = ["MetricStore", "StoreReading", "Series"]
 
 logger = logging.getLogger("tasker.metrics")
 
-_HEADER = struct.Struct("<i")
 #: prometheus_client's file types, and tasker's native histogram buckets (native_series.py).
 _FILE_TYPES = frozenset({"counter", "histogram", "gauge", NATIVE_TYPE})
-#: Reads of one file until two consecutive copies agree (see _read_used).
-_READ_TRIES = 3
 #: Seconds an entry may stay incomplete (its writer is between the two stores
 #: of an append) before the file is reported as corrupt.
 INCOMPLETE_GRACE = 2.0
@@ -92,7 +101,7 @@ class _FileState:
     typ: str
     mode: str
     owner: str
-    parsed_upto: int = 8
+    parsed_upto: int = FIRST_ENTRY
     sids: list[int] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
     unpack: struct.Struct | None = None
@@ -323,6 +332,8 @@ class MetricStore:
             return values
         except FileNotFoundError:
             return None
+        except UnknownKeyShape:
+            raise  # not this file's fault: no file can be read right (see the module doc)
         except (OSError, ValueError, struct.error, UnicodeDecodeError) as exc:
             self._warn_once(name, "metrics.file_corrupt", exc)
             # What was read of it before stays: a counter never goes back.
@@ -332,8 +343,8 @@ class MetricStore:
         pos = state.parsed_upto
         sids, positions = list(state.sids), list(state.positions)
         while pos < used:
-            (length,) = _HEADER.unpack_from(data, pos)
-            end = pos + 4 + length + (8 - (length + 4) % 8) + 16
+            (length,) = HEADER.unpack_from(data, pos)
+            end = entry_end(pos, length)
             key = self._complete_key(data, pos, length, end, used, state.mode)
             if key is None:  # not written yet as far as this reader can see
                 self._note_incomplete(state, pos)
@@ -354,17 +365,23 @@ class MetricStore:
 
     def _complete_key(self, data: bytes, pos: int, length: int, end: int, used: int,
                       mode: str) -> str | None:
-        """The JSON key of the entry at ``pos``, or None while it is not complete."""
+        """The JSON key of the entry at ``pos``, or None while it is not complete.
+
+        Raises:
+            UnknownKeyShape: complete JSON, but not the key shape tasker reads.
+        """
         if length <= 0 or end > used:
             return None
         try:
             key = data[pos + 4:pos + 4 + length].decode("utf-8")
             if (key, mode) in self._sid_by_key:  # a key seen complete (cheaper than JSON)
                 return key
-            parsed = json.loads(key)
+            parse_key(key)
+        except UnknownKeyShape:
+            raise
         except ValueError:  # UnicodeDecodeError and JSONDecodeError alike
             return None
-        return key if isinstance(parsed, list) and len(parsed) == 4 else None
+        return key
 
     def _note_incomplete(self, state: _FileState, pos: int) -> None:
         """An entry not visible yet; reported once it stays so (the entries before it count)."""
@@ -381,7 +398,7 @@ class MetricStore:
         found = self._sid_by_key.get(cache_key)
         if found is not None:
             return found
-        metric, sample, labels, help_text = json.loads(key)
+        metric, sample, labels, help_text = parse_key(key)
         series = Series(metric, sample, tuple(sorted((k, str(v)) for k, v in labels.items())),
                         help_text, state.typ, state.mode)
         self._series.append(series)
@@ -399,31 +416,6 @@ class MetricStore:
         if what not in self._warned:
             self._warned.add(what)
             logger.warning(event, extra={"path": what, "reason": str(reason)})
-
-
-def _read_used(path: str) -> tuple[bytes, int, bool] | None:
-    """(the file's used bytes, the used size, whether a second read found them unchanged).
-
-    None for a file whose header is not written yet. Bytes that did not change
-    while they were read twice hold no half-copied value.
-    """
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            return None  # empty: a process that is just creating it, or junk
-        used = _HEADER.unpack_from(head)[0]
-        if used == 0:
-            return None  # a process creating it right now: header not written yet
-        if used < 8:
-            raise ValueError(f"used size {used} is impossible")
-        data = head + f.read(used - 8)
-        for _ in range(_READ_TRIES):
-            f.seek(0)
-            again = f.read(len(data))
-            if again == data:
-                return data, used, True
-            data = again  # a writer was at work: compare the next two copies
-        return data, used, False
 
 
 def _parse_filename(name: str) -> tuple[str, str, str] | None:

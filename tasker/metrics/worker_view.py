@@ -8,6 +8,7 @@ from celery.worker import state as worker_state
 from celery.worker.request import Request
 
 from tasker.broker_health import CONNECTED_ATTRIBUTE
+from tasker.contracts.kombu_redis import timer_entry_args
 from tasker.metrics.node import WorkerView
 
 __all__ = ["worker_view", "most_pool_processes"]
@@ -37,12 +38,10 @@ def worker_view(worker: Any) -> WorkerView:
         timer = getattr(getattr(worker, "consumer", None), "timer", None)
         if timer is None:
             return None
-        count = 0
-        for waiting in list(timer.queue):
-            args = getattr(getattr(waiting, "entry", None), "args", None) or ()
-            if args and isinstance(args[0], Request):
-                count += 1
-        return count
+        entries = timer_entry_args(timer)  # kombu's timer internals: tasker.contracts
+        if entries is None:
+            return None
+        return sum(1 for args in entries if args and isinstance(args[0], Request))
 
     def broker_connected() -> bool:
         # Kept up to date by the BrokerConnected consumer step (tasker.broker_health).

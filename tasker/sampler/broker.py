@@ -25,7 +25,7 @@ import math
 import re
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -33,6 +33,7 @@ from urllib.parse import quote
 import kombu
 from kombu.exceptions import KombuError
 
+from tasker.contracts.kombu_redis import priority_list_keys
 from tasker.headers import PUBLISHED_AT_HEADER
 
 __all__ = [
@@ -149,7 +150,7 @@ def _sample_redis(
     # itself uses (not LINDEX/HVALS), so every key below is prefixed by hand.
     client = redis.Redis(connection_pool=chan.client.connection_pool)
 
-    levels = {q: [prefix + k for k in _level_keys(q, chan.priority_steps, chan.sep)]
+    levels = {q: [prefix + k for k in priority_list_keys(q, chan.priority_steps, chan.sep)]
               for q in queues}
     keys = [k for ks in levels.values() for k in ks]
     # One server-side script reads every level of every queue: one command to
@@ -258,13 +259,8 @@ return out
 """
 
 
-def _level_keys(queue: str, priority_steps: Iterable[int], sep: str) -> list[str]:
-    """The list key of each priority level, in the order kombu consumes them.
-
-    Mirrors ``kombu.transport.redis.Channel._q_for_pri`` for a step value:
-    step 0 is the bare queue name, any other step is ``queue + sep + step``.
-    """
-    return [f"{queue}{sep}{step}" if step else queue for step in priority_steps]
+#: The tests' name for it; the key scheme is kombu's, in tasker's contract with it.
+_level_keys = priority_list_keys
 
 
 #: KEYS: kombu's unacked hash, its unacked_index zset (tag -> delivery time),

@@ -19,6 +19,8 @@ import re
 from collections import Counter
 from typing import Any
 
+from tasker.contracts.kombu_redis import priority_list_keys
+
 __all__ = ["waiting_steps", "MAX_SCAN"]
 
 #: Longest queue the poller reads (messages, all levels); longer proves nothing
@@ -70,7 +72,8 @@ def waiting_steps(queue: str, app: Any = None, limit: int = MAX_SCAN) -> Counter
         # A plain client on kombu's pool: its prefixing client only prefixes
         # the commands kombu itself uses, so the keys are prefixed by hand.
         client = redis.Redis(connection_pool=chan.client.connection_pool)
-        keys = [prefix + k for k in _level_keys(queue, chan.priority_steps, chan.sep)]
+        # The list key of each priority level: kombu's scheme (tasker.contracts).
+        keys = [prefix + k for k in priority_list_keys(queue, chan.priority_steps, chan.sep)]
         reply = client.eval(_SCRIPT, len(keys), *keys, limit)
     if reply == -1:
         return None
@@ -80,8 +83,3 @@ def waiting_steps(queue: str, app: Any = None, limit: int = MAX_SCAN) -> Counter
         if match:
             found[match.group(0)] += 1
     return found
-
-
-def _level_keys(queue: str, priority_steps: Any, sep: str) -> list[str]:
-    """The list key of each priority level (kombu's ``Channel._q_for_pri``)."""
-    return [f"{queue}{sep}{step}" if step else queue for step in priority_steps]

@@ -1,0 +1,282 @@
+"""One redis-py client per kombu Redis channel, instead of one per command.
+
+kombu's Redis transport builds a new ``redis.Redis`` object for every
+synchronous command it sends (``Channel.conn_or_acquire`` calls
+``_create_client``), and a worker sends two per task: one when a message is
+taken (its copy goes into the ``unacked`` hash) and one when it is acked.
+Building a ``redis.Redis`` fills its table of about 170 response callbacks:
+about 90 µs of the MainProcess's CPU each, measured on this machine with
+redis-py 8.1 and kombu 5.7. The MainProcess is what limits a prefork
+worker's throughput, so those two objects cost every task about 0.2 ms of
+its 1.1-1.4 ms there. (``bench/overhead.py``'s ``bare_client_reuse`` variant
+measures bare Celery with this change alone.)
+
+The object holds no connection of its own: each command or pipeline takes one
+from the channel's connection pool, exactly as a new object would. So one
+object per channel and pool does the same work. A channel whose pool is
+replaced (after a connection error) gets a new object with the new pool.
+
+**The poller's turn.** At every turn of the worker's event loop (about 1.5
+per task), kombu's Redis transport walks every consuming channel: it checks
+the channel's credit, rebuilds its queue list, looks its ``BRPOP``
+registration up, and registers each socket with epoll again (which fails
+with ``EEXIST``, an exception caught every time). For a channel whose
+``BRPOP`` is already waiting on a registered socket, none of that changes
+anything; a node with a second consuming channel that is mostly idle
+(tasker's periodic work) paid about 49 Python calls per task for it. So,
+for kombu 5.7 (whose code this mirrors; other versions keep theirs):
+
+* ``MultiChannelPoller.on_poll_start`` skips a channel whose ``BRPOP`` is in
+  flight on the connection it was sent on, that connection still has its
+  socket, and the socket is the one registered (exactly when kombu's own
+  ``_register_BRPOP`` would do nothing); its ``LISTEN`` side is still
+  looked after, and everything else goes through kombu's code;
+* the per-turn re-registration of each socket is an ``epoll.modify`` to the
+  same events when the loop already has that socket's reader (no exception;
+  a socket epoll no longer watches fails it and is registered as before).
+
+Installed by :mod:`tasker.celeryconfig` unless ``TASKER_REUSE_BROKER_CLIENT``
+is false (both changes: ``bench.overhead``'s ``bare_client_reuse`` measures
+bare Celery with them).
+
+Part of tasker's contract with kombu and redis-py (:mod:`tasker.contracts`):
+the private names used are kombu's ``Channel._create_client``,
+``Channel._in_poll``, ``MultiChannelPoller._channels``, ``._chan_to_sock``,
+``._update_brpop_polling``, ``._register_BRPOP``, ``._register_LISTEN``, the
+hub poller's ``_epoll``, and redis-py's ``Connection._sock``.
+:func:`check_create_client` and :func:`check_poller` prove them on the
+installed versions; :func:`install` runs them first and changes nothing a
+check refuses (kombu's own code runs then: the fallback). This file imports
+nothing from tasker, so that ``bench.bare_app`` can load it alone by path.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+__all__ = ["install", "uninstall", "installed", "check_create_client", "check_poller"]
+
+#: Where the cached client lives on a channel: (the pool it was made for, client).
+_CACHE_ATTRIBUTE = "_tasker_sync_client"
+#: The kombu whose poller code the poller change mirrors.
+_POLLER_KOMBU = "5.7."
+
+
+def _reusing(original: Any) -> Any:
+    def _create_client(self: Any, asynchronous: bool = False) -> Any:
+        if asynchronous:
+            # The asynchronous client is already one per channel (kombu's
+            # ``Channel.client`` is a cached property); kombu sets its
+            # ``connection`` attribute, so it must not be shared with this one.
+            return original(self, asynchronous)
+        pool = self.pool
+        cached = self.__dict__.get(_CACHE_ATTRIBUTE)
+        if cached is not None and cached[0] is pool:
+            return cached[1]
+        client = original(self, False)
+        self.__dict__[_CACHE_ATTRIBUTE] = (pool, client)
+        return client
+
+    _create_client.__wrapped__ = original  # type: ignore[attr-defined]
+    _create_client.__doc__ = original.__doc__
+    return _create_client
+
+
+def _channel_class() -> Any:
+    try:
+        from kombu.transport import redis as kombu_redis
+    except ImportError:  # pragma: no cover - kombu without the redis extra
+        return None
+    return kombu_redis.Channel
+
+
+def _skipping_waiting_channels(original: Any) -> Any:
+    """``MultiChannelPoller.on_poll_start`` that skips a channel with nothing to do."""
+
+    def on_poll_start(self: Any) -> None:
+        self._update_brpop_polling()
+        registered = self._chan_to_sock
+        for channel in self._channels:
+            in_poll = channel._in_poll
+            if in_poll:
+                # What _register_BRPOP checks, without its calls: the BRPOP sent
+                # on this client's connection, whose socket is the registered one.
+                client = channel.__dict__.get("client")
+                sock = registered.get((channel, client, "BRPOP"))
+                if (sock is not None and getattr(client, "connection", None) is in_poll
+                        and in_poll._sock is sock):
+                    if channel.active_fanout_queues:
+                        self._register_LISTEN(channel)
+                    continue
+            if channel.active_queues and channel.qos.can_consume():  # kombu's own steps
+                self._register_BRPOP(channel)
+            if channel.active_fanout_queues:
+                self._register_LISTEN(channel)
+
+    on_poll_start.__wrapped__ = original  # type: ignore[attr-defined]
+    return on_poll_start
+
+
+def _modifying_registered_sockets(original: Any) -> Any:
+    """``Transport.register_with_event_loop`` whose per-turn step does not re-register."""
+
+    def register_with_event_loop(self: Any, connection: Any, loop: Any) -> Any:
+        before = set(loop.on_tick)
+        result = original(self, connection, loop)
+        added = [cb for cb in loop.on_tick
+                 if cb not in before and getattr(cb, "__name__", "") == "on_poll_start"]
+        epoll = getattr(getattr(loop, "poller", None), "_epoll", None)
+        modify = getattr(epoll, "modify", None)
+        if len(added) != 1 or modify is None:
+            return result  # not the kombu this mirrors: keep its step
+        from kombu.asynchronous.hub import ERR, READ
+
+        cycle = self.cycle
+        poll_start = cycle.on_poll_start
+        readers, writers, add_reader = loop.readers, loop.writers, loop.add_reader
+        on_readable = self.on_readable
+        events = READ | ERR
+
+        def on_poll_start() -> None:
+            poll_start()
+            for fd in cycle.fds:
+                if fd not in writers and readers.get(fd) == (on_readable, (fd,)):
+                    try:
+                        modify(fd, events)  # kombu's register of a watched fd: a no-op
+                        continue
+                    except OSError:  # not watched any more (closed, reused): register
+                        pass
+                add_reader(fd, on_readable, fd)
+
+        loop.on_tick.discard(added[0])
+        loop.on_tick.add(on_poll_start)
+        return result
+
+    register_with_event_loop.__wrapped__ = original  # type: ignore[attr-defined]
+    return register_with_event_loop
+
+
+def _poller_classes() -> tuple[Any, Any] | None:
+    try:
+        import kombu
+        from kombu.transport import redis as kombu_redis
+    except ImportError:  # pragma: no cover - kombu without the redis extra
+        return None
+    if not kombu.__version__.startswith(_POLLER_KOMBU):
+        return None
+    try:
+        check_poller()
+    except Exception:  # noqa: BLE001 - another shape: kombu's own poller step
+        return None
+    return kombu_redis.MultiChannelPoller, kombu_redis.Transport
+
+
+def check_create_client() -> None:
+    """kombu's channel builds its synchronous clients through ``_create_client(asynchronous)``."""
+    channel = _channel_class()
+    if channel is None:
+        return  # no Redis transport: nothing is changed
+    create = getattr(channel._create_client, "__wrapped__", channel._create_client)
+    params = list(inspect.signature(create).parameters)
+    if params[:2] != ["self", "asynchronous"]:
+        raise AssertionError(f"Channel._create_client{tuple(params)}")
+    if "_create_client(" not in inspect.getsource(channel.conn_or_acquire):
+        raise AssertionError("Channel.conn_or_acquire does not call _create_client")
+
+
+#: sha256 (first 16 hex digits) of the kombu code the poller change mirrors:
+#: MultiChannelPoller.on_poll_start, _register_BRPOP, _client_registered and
+#: Transport.register_with_event_loop of kombu 5.7.0. Other code: kombu's own.
+_POLLER_SOURCE = "dbc6f7639326ca3f"
+
+
+def _poller_source_digest() -> str:
+    import hashlib
+
+    from kombu.transport import redis as kombu_redis
+
+    cycle, transport = kombu_redis.MultiChannelPoller, kombu_redis.Transport
+    parts = (getattr(cycle.on_poll_start, "__wrapped__", cycle.on_poll_start),
+             cycle._register_BRPOP, cycle._client_registered,
+             getattr(transport.register_with_event_loop, "__wrapped__",
+                     transport.register_with_event_loop))
+    source = "".join(inspect.getsource(f) for f in parts)
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+def check_poller() -> None:
+    """The kombu code the poller change mirrors is the installed code, and the
+    private attributes it reads are there (kombu's and redis-py's)."""
+    import redis
+    from kombu.transport import redis as kombu_redis
+    from kombu.utils.eventio import poll
+
+    digest = _poller_source_digest()
+    if digest != _POLLER_SOURCE:
+        raise AssertionError(f"kombu's poller code is not the code mirrored ({digest})")
+    if not hasattr(kombu_redis.Channel, "_in_poll"):
+        raise AssertionError("Channel._in_poll is gone")
+    cycle = kombu_redis.MultiChannelPoller()
+    try:
+        if not isinstance(cycle._channels, set) or not isinstance(cycle._chan_to_sock, dict):
+            raise AssertionError("MultiChannelPoller's _channels/_chan_to_sock changed type")
+    finally:
+        cycle.close()
+    if "_sock" not in vars(redis.connection.Connection()):
+        raise AssertionError("redis-py's Connection keeps no _sock")
+    p = poll()
+    try:
+        if not callable(getattr(getattr(p, "_epoll", None), "modify", None)):
+            raise AssertionError("kombu's epoll poller keeps no _epoll")
+    finally:
+        p.close()
+
+
+def installed() -> bool:
+    """Whether kombu's Redis channels reuse their synchronous client."""
+    channel = _channel_class()
+    return channel is not None and hasattr(channel._create_client, "__wrapped__")
+
+
+def install() -> bool:
+    """Make kombu's Redis channels reuse one synchronous client; idempotent.
+
+    Returns False where kombu's Redis transport is not importable, or where
+    its channel's ``_create_client`` fails :func:`check_create_client` (a
+    kombu this was not written for): nothing is changed then. The poller
+    change is made only on the kombu it mirrors, and only if
+    :func:`check_poller` passes.
+    """
+    channel = _channel_class()
+    if channel is None or not callable(getattr(channel, "_create_client", None)):
+        return False
+    try:
+        check_create_client()
+    except Exception:  # noqa: BLE001 - another shape: nothing is changed
+        return False
+    if not installed():
+        channel._create_client = _reusing(channel._create_client)
+    poller = _poller_classes()
+    if poller is not None:
+        cycle, transport = poller
+        if not hasattr(cycle.on_poll_start, "__wrapped__"):
+            cycle.on_poll_start = _skipping_waiting_channels(cycle.on_poll_start)
+        if not hasattr(transport.register_with_event_loop, "__wrapped__"):
+            transport.register_with_event_loop = _modifying_registered_sockets(
+                transport.register_with_event_loop)
+    return True
+
+
+def uninstall() -> None:
+    """Restore kombu's own ``_create_client`` (tests)."""
+    channel = _channel_class()
+    if channel is not None and installed():
+        channel._create_client = channel._create_client.__wrapped__
+    poller = _poller_classes()
+    if poller is not None:
+        cycle, transport = poller
+        if hasattr(cycle.on_poll_start, "__wrapped__"):
+            cycle.on_poll_start = cycle.on_poll_start.__wrapped__
+        if hasattr(transport.register_with_event_loop, "__wrapped__"):
+            transport.register_with_event_loop = transport.register_with_event_loop.__wrapped__

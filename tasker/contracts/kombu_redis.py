@@ -1,0 +1,94 @@
+"""tasker's contract with kombu's Redis key scheme and its timer.
+
+What tasker touches, and why:
+
+* the list key of each priority level of a queue (kombu's private
+  ``Channel._q_for_pri``): the broker sampler and the workflow backlog read
+  every level of a queue in one script, without a channel per queue;
+* the entries of kombu's timer (``Timer.queue``, each ``.entry.args``): the
+  worker view counts the ETA/countdown tasks waiting in it.
+
+:func:`check` compares :func:`priority_list_keys` with kombu's own
+``_q_for_pri`` for the default steps and a few others (no connection: the
+method runs on a stand-in channel), and schedules a probe entry on a timer
+of its own. A key scheme of another shape stops the node (queue depths and
+backlogs would be read from the wrong keys: silently zero); a timer of
+another shape makes the scheduled count unknown (not exported) instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+import types
+from collections.abc import Iterable
+from typing import Any
+
+from tasker.contracts.base import Touch
+
+__all__ = ["priority_list_keys", "timer_entry_args", "TOUCHES"]
+
+LIBRARY = "kombu"
+
+
+def priority_list_keys(queue: str, priority_steps: Iterable[int], sep: str) -> list[str]:
+    """The list key of each priority level of ``queue``, in the order kombu consumes them.
+
+    kombu's ``Channel._q_for_pri`` for each step: step 0 is the bare queue
+    name, any other step is ``queue + sep + step``. ``priority_steps`` and
+    ``sep`` are the channel's (its transport options).
+    """
+    return [f"{queue}{sep}{step}" if step else queue for step in priority_steps]
+
+
+#: False when the start check found a timer of another shape.
+_timer_known = True
+
+
+def timer_entry_args(timer: Any) -> list[tuple[Any, ...]] | None:
+    """The ``args`` of every entry waiting in a kombu timer; None when they cannot be known."""
+    if not _timer_known:
+        return None
+    return [getattr(getattr(waiting, "entry", None), "args", None) or ()
+            for waiting in list(timer.queue)]
+
+
+def check_priority_keys() -> None:
+    from kombu.transport import redis as kombu_redis
+
+    channel = kombu_redis.Channel
+    for steps, sep in ((channel.priority_steps, channel.sep), ([0, 3, 6, 9], ":"),
+                       ([0, 5], "\x06\x16")):
+        stand_in = types.SimpleNamespace(priority_steps=list(steps), sep=sep)
+        stand_in.priority = functools.partial(channel.priority, stand_in)
+        theirs = [channel._q_for_pri(stand_in, "q", step) for step in steps]
+        ours = priority_list_keys("q", steps, sep)
+        if ours != theirs:
+            raise AssertionError(f"kombu's keys are {theirs!r}, tasker reads {ours!r}")
+
+
+def check_timer() -> None:
+    global _timer_known
+    from kombu.asynchronous.timer import Timer
+
+    timer = Timer()
+    try:
+        probe = object()
+        timer.call_at(time.time() + 3600, lambda _: None, (probe,))
+        args = timer_entry_args(timer)
+        if args != [(probe,)]:
+            raise AssertionError(f"the timer's entries gave {args!r}")
+    except Exception:
+        _timer_known = False
+        raise
+    finally:
+        timer.clear()
+        timer.stop()
+
+
+TOUCHES = (
+    Touch(LIBRARY, "Redis priority list keys (Channel._q_for_pri)", check_priority_keys,
+          fallback=None),
+    Touch(LIBRARY, "the timer's entries (Timer.queue, entry.args)", check_timer,
+          fallback="the scheduled (ETA) task count is not exported"),
+)

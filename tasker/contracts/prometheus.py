@@ -1,0 +1,306 @@
+"""tasker's contract with prometheus_client: every private name and format it relies on.
+
+What tasker touches, and why:
+
+* ``prometheus_client.values.ValueClass`` (a module global, not documented):
+  replaced by tasker's value class, which writes each update straight into
+  the process's file (:mod:`tasker.contracts.mmap_values`, about a third of
+  the stock cost on every task);
+* ``MmapedDict`` and its private ``_positions``, ``_m``, ``_used``, ``_f``,
+  ``_init_value``: the value class finds a key's place once and writes there;
+  tasker's ``AllocatedMmapedDict`` allocates pages before ``_init_value``
+  writes into them;
+* the file format itself (``mmap_key``'s JSON list and ``MmapedDict``'s
+  entry layout): tasker's ``MetricStore`` parses the files without
+  prometheus_client, once per entry, not at every scrape;
+* a metric child's ``_value`` (counter, gauge) and ``_buckets``, ``_sum``,
+  ``_upper_bounds`` (histogram): a pool process adds to them directly;
+* a labelled metric's ``_lock``: renewed in a forked pool process.
+
+:func:`check` proves each of these on the installed version when tasker
+starts (see :mod:`tasker.contracts`). The file layout and key shape have no
+public fallback (the store could not read the files: every scrape would be
+empty), so a mismatch stops the node; the children's values fall back to
+the public ``inc``/``observe`` methods, and the label lock to no renewal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+import threading
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram, mmap_dict, values
+
+from tasker.contracts.base import Touch, installed_version
+
+__all__ = ["install_value_class", "new_value", "child_value", "histogram_parts",
+           "renew_label_lock", "read_used", "entry_end", "parse_key", "FIRST_ENTRY",
+           "HEADER", "TOUCHES", "UnknownKeyShape"]
+
+LIBRARY = "prometheus-client"
+
+# -- the value class ---------------------------------------------------------
+
+
+def install_value_class(cls: type) -> None:
+    """Make prometheus_client create every metric value from now on with ``cls``."""
+    values.ValueClass = cls
+
+
+def new_value(*args: Any, **kwargs: Any) -> Any:
+    """A value of the installed value class (tasker's in a worker node)."""
+    return values.ValueClass(*args, **kwargs)
+
+
+# -- metric children ---------------------------------------------------------
+
+#: False when the start check found children of another layout: the callers
+#: then use the public ``inc``/``observe`` (see :func:`child_value`).
+_children_reachable = True
+
+
+def child_value(child: Any) -> Any:
+    """The value object behind a counter or gauge child (``inc(amount)``, ``get()``).
+
+    Raises AttributeError where the layout is not the checked one: the caller
+    goes through the child's public methods instead.
+    """
+    if not _children_reachable:
+        raise AttributeError("prometheus_client's children: another layout")
+    return child._value
+
+
+def histogram_parts(child: Any) -> tuple[list[float], list[Any], Any]:
+    """A histogram child's (upper bounds, bucket values, sum value), non-cumulative buckets.
+
+    Raises AttributeError as :func:`child_value` does.
+    """
+    if not _children_reachable:
+        raise AttributeError("prometheus_client's children: another layout")
+    return list(child._upper_bounds), child._buckets, child._sum
+
+
+#: False when the start check found no ``_lock`` that ``labels()`` takes.
+_label_lock_known = True
+
+
+def renew_label_lock(metric: Any) -> None:
+    """Give ``metric`` a new lock for its table of children (in a forked child process)."""
+    if _label_lock_known and hasattr(metric, "_lock"):
+        metric._lock = threading.Lock()
+
+
+# -- the file format ---------------------------------------------------------
+
+#: A file's header: the used size (a 4-byte int, then 4 bytes of padding).
+HEADER = struct.Struct("<i")
+#: Offset of a file's first entry.
+FIRST_ENTRY = 8
+
+
+class UnknownKeyShape(ValueError):
+    """A complete key in a metric file that is not ``mmap_key``'s known shape."""
+
+
+def entry_end(pos: int, length: int) -> int:
+    """The end of the entry at ``pos`` whose key is ``length`` bytes; its two doubles
+    are the 16 bytes before it.
+
+    The length, the key padded so that the doubles are 8-byte aligned, then
+    the value and its timestamp (``MmapedDict._init_value``).
+    """
+    return pos + 4 + length + (8 - (length + 4) % 8) + 16
+
+
+def parse_key(key: str) -> tuple[str, str, dict[str, Any], str]:
+    """(family name, sample name, labels, help) of a file key.
+
+    Raises ValueError for text that is not JSON (an entry not written yet)
+    and :class:`UnknownKeyShape` for JSON of another shape.
+    """
+    parsed = json.loads(key)
+    if (not isinstance(parsed, list) or len(parsed) != 4 or not isinstance(parsed[2], dict)
+            or not all(isinstance(parsed[i], str) for i in (0, 1, 3))):
+        raise UnknownKeyShape(
+            f"prometheus-client {_version()}: a metric file key of unknown shape "
+            f"({key[:80]!r}); tasker's store reads [metric, sample, labels, help] "
+            "(tasker.contracts.prometheus)")
+    return parsed[0], parsed[1], parsed[2], parsed[3]
+
+
+#: Reads of one file until two consecutive copies agree (see read_used).
+_READ_TRIES = 3
+
+
+def read_used(path: str) -> tuple[bytes, int, bool] | None:
+    """(the file's used bytes, the used size, whether a second read found them unchanged).
+
+    None for a file whose header is not written yet. Bytes that did not change
+    while they were read twice hold no half-copied value.
+    """
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return None  # empty: a process that is just creating it, or junk
+        used = HEADER.unpack_from(head)[0]
+        if used == 0:
+            return None  # a process creating it right now: header not written yet
+        if used < FIRST_ENTRY:
+            raise ValueError(f"used size {used} is impossible")
+        data = head + f.read(used - 8)
+        for _ in range(_READ_TRIES):
+            f.seek(0)
+            again = f.read(len(data))
+            if again == data:
+                return data, used, True
+            data = again  # a writer was at work: compare the next two copies
+        return data, used, False
+
+
+def _entries(data: bytes, used: int) -> list[tuple[str, int]]:
+    """(key, value position) of every entry, parsed as tasker's store parses them."""
+    out, pos = [], FIRST_ENTRY
+    while pos < used:
+        (length,) = HEADER.unpack_from(data, pos)
+        end = entry_end(pos, length)
+        out.append((data[pos + 4:pos + 4 + length].decode("utf-8"), end - 16))
+        pos = end
+    return out
+
+
+# -- the start check -----------------------------------------------------------
+
+_PROBE_LABELS = ("queue", "task")
+_PROBE_VALUES = ("q", "tâche \"probe\"")
+
+
+def check_key_shape() -> None:
+    """``mmap_key`` writes the JSON list tasker's store reads, labels sorted."""
+    key = mmap_dict.mmap_key("tasker_probe", "tasker_probe_total", list(_PROBE_LABELS),
+                             list(_PROBE_VALUES), "Probe.")
+    got = parse_key(key)
+    want = ("tasker_probe", "tasker_probe_total", dict(zip(_PROBE_LABELS, _PROBE_VALUES)),
+            "Probe.")
+    if got != want:
+        raise AssertionError(f"mmap_key gave {got!r}, tasker reads {want!r}")
+
+
+def check_file_layout(mmaped_dict: type | None = None) -> None:
+    """Write probe values with tasker's value class into a temporary file; read them back.
+
+    The file is written as a node writes it: tasker's value class on
+    ``AllocatedMmapedDict`` (``_used``, ``_f``, ``_init_value``), unless
+    ``mmaped_dict`` says otherwise.
+
+    Read back three ways, which must agree: tasker's own parse of the bytes
+    (what the store does), prometheus_client's ``read_all_values_from_file``
+    (what the stock collector does) and ``MmapedDict``'s ``_positions``.
+    """
+    # mmap_values imports this module (for entry_end): imported here, not at the top.
+    from tasker.contracts.mmap_values import AllocatedMmapedDict, multiprocess_value_class
+
+    with tempfile.TemporaryDirectory(prefix="tasker-contract-") as directory:
+        cls = multiprocess_value_class(lambda: "probe", mmaped_dict or AllocatedMmapedDict,
+                                       directory=lambda: directory)
+        try:
+            probes = {}
+            for i, amount in enumerate((2.5, 7.0, 0.125)):
+                labelvalues = (*_PROBE_VALUES[:1], _PROBE_VALUES[1] + "x" * i)
+                value = cls("counter", "tasker_probe", "tasker_probe_total", _PROBE_LABELS,
+                            labelvalues, "Probe.", "")
+                value.inc(amount)
+                key = mmap_dict.mmap_key("tasker_probe", "tasker_probe_total",
+                                         list(_PROBE_LABELS), list(labelvalues), "Probe.")
+                probes[key] = (amount, value._file._positions[key])
+            path = os.path.join(directory, "counter_probe.db")
+            read = read_used(path)
+            if read is None:
+                raise AssertionError("the probe file has no used size")
+            data, used, _ = read
+            ours = {key: (struct.unpack_from("<d", data, pos)[0], pos)
+                    for key, pos in _entries(data, used)}
+            if ours != probes:
+                raise AssertionError(f"tasker read {ours!r} from the file, wrote {probes!r}")
+            stock = {entry[0]: entry[1]
+                     for entry in mmap_dict.MmapedDict.read_all_values_from_file(path)}
+            if stock != {k: v for k, (v, _) in probes.items()}:
+                raise AssertionError(f"prometheus_client read {stock!r}, tasker wrote {probes!r}")
+        finally:
+            cls.close_all_files()
+
+
+def check_children() -> None:
+    """A child's values are where :func:`child_value` and :func:`histogram_parts` look.
+
+    Proven through the public ``collect()``: what is added through them is
+    what prometheus_client reports.
+    """
+    global _children_reachable
+    _children_reachable = True
+    counter = Counter("tasker_probe", "Probe.", ["l"], registry=None)
+    gauge = Gauge("tasker_probe_g", "Probe.", ["l"], registry=None,
+                  multiprocess_mode="livesum")
+    histogram = Histogram("tasker_probe_h", "Probe.", ["l"], buckets=(1.0, 2.0),
+                          registry=None)
+    c, g, h = counter.labels("x"), gauge.labels("x"), histogram.labels("x")
+    try:
+        child_value(c).inc(2.0)
+        child_value(g).inc(3.0)
+        bounds, buckets, total = histogram_parts(h)
+        if bounds != [1.0, 2.0, float("inf")] or len(buckets) != len(bounds):
+            raise AssertionError(f"histogram bounds {bounds!r}, {len(buckets)} buckets")
+        buckets[1].inc(1.0)
+        total.inc(1.5)
+    except (AttributeError, TypeError, AssertionError):
+        _children_reachable = False
+        raise
+    samples = {(s.name, s.labels.get("le")): s.value
+               for m in (counter, gauge, histogram) for s in m.collect()[0].samples}
+    want = {("tasker_probe_total", None): 2.0, ("tasker_probe_g", None): 3.0,
+            ("tasker_probe_h_bucket", "1.0"): 0.0, ("tasker_probe_h_bucket", "2.0"): 1.0,
+            ("tasker_probe_h_count", None): 1.0, ("tasker_probe_h_sum", None): 1.5}
+    wrong = {k: samples.get(k) for k, v in want.items() if samples.get(k) != v}
+    if wrong:
+        _children_reachable = False
+        raise AssertionError(f"collect() reported {wrong!r} after the probe updates")
+
+
+def check_label_lock() -> None:
+    """A labelled metric guards its children with a ``_lock`` that ``labels()`` takes."""
+    global _label_lock_known
+    counter = Counter("tasker_probe", "Probe.", ["l"], registry=None)
+    lock = getattr(counter, "_lock", None)
+    # A plain Lock, as renew_label_lock makes (an RLock replaced by one could deadlock).
+    taken = isinstance(lock, type(threading.Lock()))
+    if taken:
+        # labels() must wait for it: held here, a labels() in another thread blocks.
+        lock.acquire()
+        done = threading.Event()
+        t = threading.Thread(target=lambda: (counter.labels("y"), done.set()), daemon=True)
+        t.start()
+        taken = not done.wait(0.02)
+        lock.release()
+        t.join(1.0)
+    _label_lock_known = taken
+    if not taken:
+        raise AssertionError("labels() does not take the metric's _lock")
+
+
+def _version() -> str:
+    return installed_version(LIBRARY)
+
+
+TOUCHES = (
+    Touch(LIBRARY, "mmap_key's key shape", check_key_shape, fallback=None),
+    Touch(LIBRARY, "MmapedDict's file layout (_positions, _m, _used, _f, _init_value)",
+          check_file_layout,
+          fallback=None),
+    Touch(LIBRARY, "metric children's _value, _buckets, _sum, _upper_bounds", check_children,
+          fallback="records through the public inc()/observe(), slower"),
+    Touch(LIBRARY, "a labelled metric's _lock", check_label_lock,
+          fallback="no new label lock after a fork (a fork during labels() could hang it)"),
+)
