@@ -17,6 +17,7 @@ extra); the tests fail, not skip, without them (.ci/run installs them).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -32,6 +33,7 @@ from typing import Any
 
 import pytest
 import yaml
+from servers import binary, start_beat, start_prometheus, stop_group
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "kubernetes"
@@ -57,14 +59,6 @@ sys.path.insert(0, str(K8S))
 import build_prometheusrule  # noqa: E402  (deploy/kubernetes is not a package)
 
 
-def _tool(name: str, hint: str) -> str:
-    path = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").is_file()
-                                  else None)
-    if path is None:
-        pytest.fail(f"{name} not found: {hint}", pytrace=False)
-    return path
-
-
 def _render(kubectl: str, directory: str) -> list[dict[str, Any]]:
     result = subprocess.run([kubectl, "kustomize", str(K8S / directory)], capture_output=True,
                             text=True, timeout=60)
@@ -74,7 +68,7 @@ def _render(kubectl: str, directory: str) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def rendered() -> dict[str, list[dict[str, Any]]]:
-    kubectl = _tool("kubectl", "apt-get install -y kubectl")
+    kubectl = binary("kubectl", "apt-get install -y kubectl")
     return {d: _render(kubectl, d) for d in OVERLAYS}
 
 
@@ -415,7 +409,7 @@ def _rule_file(rendered, path: Path) -> Path:
 
 
 def test_promtool_checks_the_rules_and_scaling_queries(rendered, tmp_path: Path) -> None:
-    promtool = _tool("promtool", "apt-get install -y prometheus")
+    promtool = binary("promtool", "apt-get install -y prometheus")
     rules = _rule_file(rendered, tmp_path / "k8s-rules.yml")
     result = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True,
                             text=True, timeout=60)
@@ -445,26 +439,19 @@ def live(rendered, start_node, tmp_path: Path) -> Iterator[tuple[Prom, Any, str]
     """Private Redis, a worker node (with a metrics token) consuming `celery`,
     beat sampling every 2 s, and Prometheus scraping the node every second
     with the PrometheusRule's rules loaded."""
-    import os
-    import signal
+    from support import wait_for
 
-    from support import free_port, wait_for
+    from tasker.cli.embedded_services import EmbeddedRedis
 
-    from tasker.embedded import EmbeddedRedis
-
-    prometheus_bin = _tool("prometheus", "apt-get install -y prometheus")
-    with EmbeddedRedis(tmp_path / "redis") as server:
-        url = f"redis://127.0.0.1:{server.port}/0"
+    with contextlib.ExitStack() as stack:
+        redis_server = stack.enter_context(EmbeddedRedis(tmp_path / "redis"))
+        url = f"redis://127.0.0.1:{redis_server.port}/0"
         token = "k8s-test-token"
         env = {"TASKER_BROKER_URL": url, "TASKER_SAMPLE_INTERVAL": "2",
                "TASKER_METRICS_TOKEN": token}
         node = start_node(queue="celery", env=env)
-        beat_log = open(tmp_path / "beat.log", "wb")  # noqa: SIM115 - the child writes it
-        beat = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tasker", "beat",
-             "--schedule", str(tmp_path / "schedule")],
-            cwd=REPO, env={**node.env, **env}, stdout=beat_log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+        beat = start_beat({**node.env, **env}, tmp_path / "beat.log",
+                          schedule=tmp_path / "schedule")
         token_file = tmp_path / "token"
         token_file.write_text(token)
         rules = _rule_file(rendered, tmp_path / "rules.yml")
@@ -478,17 +465,11 @@ def live(rendered, start_node, tmp_path: Path) -> Iterator[tuple[Prom, Any, str]
                 "authorization": {"type": "Bearer", "credentials_file": str(token_file)},
                 "static_configs": [{"targets": [f"127.0.0.1:{node.port}"]}]}],
         }))
-        port = free_port()
-        prom_log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115
-        process = subprocess.Popen(
-            [prometheus_bin, f"--config.file={config}",
-             f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-            stdout=prom_log, stderr=subprocess.STDOUT)
-        prom = Prom(f"http://127.0.0.1:{port}")
+        server = stack.enter_context(start_prometheus(config, tmp_path / "prometheus"))
+        prom = Prom(server.url)
         try:
             def sampled_and_scraped() -> bool:
-                assert process.poll() is None, (tmp_path / "prometheus.log").read_text()
+                assert server.process.poll() is None, server.log_tail()
                 try:
                     return prom.value('tasker:queue_depth:max{queue="celery"}') is not None
                 except OSError:
@@ -497,20 +478,7 @@ def live(rendered, start_node, tmp_path: Path) -> Iterator[tuple[Prom, Any, str]
                      message="a fleet sample of `celery` in Prometheus")
             yield prom, node, url
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            os.killpg(beat.pid, signal.SIGTERM)
-            try:
-                beat.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(beat.pid, signal.SIGKILL)
-                beat.wait()
-            beat_log.close()
-            prom_log.close()
+            stop_group(beat)
 
 
 @pytest.mark.slow

@@ -16,8 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from servers import binary, prometheus_config, start_prometheus
 
 REPO = Path(__file__).resolve().parents[2]
 PROM_DIR = REPO / "deploy" / "prometheus"
@@ -100,22 +99,9 @@ def _spec_series_names() -> set[str]:
 
 # --- tools --------------------------------------------------------------------
 
-def _tool(name: str) -> str:
-    path = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").is_file()
-                                  else None)
-    if path is None:
-        pytest.fail(f"{name} not found: {INSTALL_HINT}", pytrace=False)
-    return path
-
-
 @pytest.fixture(scope="module")
 def promtool() -> str:
-    return _tool("promtool")
-
-
-@pytest.fixture(scope="module")
-def prometheus_bin() -> str:
-    return _tool("prometheus")
+    return binary("promtool", INSTALL_HINT)
 
 
 def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -388,12 +374,6 @@ def test_alert_annotations_and_runbooks() -> None:
 
 # --- a real Prometheus --------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, float("inf"))
 
 
@@ -548,50 +528,31 @@ class LivePrometheus:
 
 
 @pytest.fixture(scope="module")
-def live_prometheus(prometheus_bin: str, tmp_path_factory) -> Iterator[LivePrometheus]:
+def live_prometheus(tmp_path_factory) -> Iterator[LivePrometheus]:
     """A Prometheus server with the repo's rules, scraping two fake worker nodes."""
     work = tmp_path_factory.mktemp("prometheus")
     servers = [_serve(FakeNode("celery@fake-a", fleet_sampler=True)),
                _serve(FakeNode("celery@fake-b", fleet_sampler=False))]
     targets = [f"127.0.0.1:{s.server_address[1]}" for s in servers]
-    config = work / "prometheus.yml"
-    config.write_text(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-        "rule_files:\n" + "".join(f"  - {_yaml_str(str(p))}\n" for p in RULE_FILES) +
-        "scrape_configs:\n  - job_name: tasker-worker\n    static_configs:\n"
-        f"      - targets: {json.dumps(targets)}\n"
-    )
-    port = _free_port()
-    log = (work / "prometheus.log").open("w")
-    process = subprocess.Popen(
-        [prometheus_bin, f"--config.file={config}", f"--storage.tsdb.path={work / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    prom = LivePrometheus(f"http://127.0.0.1:{port}", targets)
+    config = prometheus_config(work / "prometheus.yml", targets, RULE_FILES)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, (work / "prometheus.log").read_text()
-            with contextlib.suppress(OSError, ValueError):
-                # Both nodes scraped at least 4 times and every rule evaluated.
-                up = prom.query('count_over_time(up{job="tasker-worker"}[1m]) >= 4')
-                rules = prom.get("/api/v1/rules")["data"]["groups"]
-                evaluated = all(r["health"] != "unknown" for g in rules for r in g["rules"])
-                if len(up["data"]["result"]) == 2 and evaluated:
-                    time.sleep(2)  # two more rounds of rules over the full data
-                    break
-            assert time.monotonic() < deadline, "Prometheus did not scrape the fake nodes"
-            time.sleep(0.25)
-        yield prom
+        with start_prometheus(config, work) as prometheus:
+            prom = LivePrometheus(prometheus.url, targets)
+            deadline = time.monotonic() + 30
+            while True:
+                assert prometheus.process.poll() is None, prometheus.log_tail()
+                with contextlib.suppress(OSError, ValueError):
+                    # Both nodes scraped at least 4 times and every rule evaluated.
+                    up = prom.query('count_over_time(up{job="tasker-worker"}[1m]) >= 4')
+                    rules = prom.get("/api/v1/rules")["data"]["groups"]
+                    evaluated = all(r["health"] != "unknown" for g in rules for r in g["rules"])
+                    if len(up["data"]["result"]) == 2 and evaluated:
+                        time.sleep(2)  # two more rounds of rules over the full data
+                        break
+                assert time.monotonic() < deadline, "Prometheus did not scrape the fake nodes"
+                time.sleep(0.25)
+            yield prom
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
         for server in servers:
             server.shutdown()
             server.server_close()

@@ -12,74 +12,20 @@ with a pool process SIGKILLed mid-run.
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import shutil
 import signal
-import subprocess
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
-from support import free_port, http_get, parse_metrics, total, wait_for
+from servers import prometheus_config, start_prometheus
+from support import REPO, http_get, parse_metrics, total, wait_for
 
 #: (seconds, how many): a known mix of three runtimes. Not shorter than 25 ms:
 #: tasker's runtime ends at task_postrun, after Celery's own handling of the
 #: result (about 0.2 ms here, more on a busy machine), which a task cannot
 #: measure for itself; at 25 ms that stays under 1 % of the runtime.
 KNOWN_MIX = [(0.025, 60), (0.05, 30), (0.2, 10)]
-
-
-def _prometheus() -> str:
-    found = shutil.which("prometheus")
-    if found is None:
-        pytest.fail("prometheus is not installed (apt-get install -y prometheus)")
-    return found
-
-
-class Prometheus:
-    """A private Prometheus server scraping one node every second."""
-
-    def __init__(self, target: str, work: Path) -> None:
-        self.port = free_port()
-        config = work / "prometheus.yml"
-        rules = Path(__file__).resolve().parents[2] / "deploy/prometheus/rules/tasker-recording.yml"
-        config.write_text(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-            f"rule_files:\n  - {json.dumps(str(rules))}\n"
-            "scrape_configs:\n  - job_name: tasker-worker\n    static_configs:\n"
-            f"      - targets: [{json.dumps(target)}]\n")
-        self.log = work / "prometheus.log"
-        with open(self.log, "w") as log:
-            self.process = subprocess.Popen(
-                [_prometheus(), f"--config.file={config}", f"--storage.tsdb.path={work / 'data'}",
-                 f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn",
-                 "--enable-feature=native-histograms"], stdout=log, stderr=subprocess.STDOUT)
-
-    def query(self, expr: str) -> list[dict]:
-        """The result of an instant query; [] while the server is still starting."""
-        assert self.process.poll() is None, self.log.read_text()[-2000:]
-        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode(
-            {"query": expr})
-        try:
-            with urllib.request.urlopen(url, timeout=10) as response:
-                return json.load(response)["data"]["result"]
-        except ConnectionRefusedError:
-            return []
-        except urllib.error.URLError as exc:
-            if isinstance(exc.reason, ConnectionRefusedError):
-                return []
-            raise
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
 
 
 def _measured(path: str) -> list[float]:
@@ -114,12 +60,12 @@ def test_native_quantiles_match_the_tasks_own_runtimes(case: str, mix: str, star
                                                        tmp_path: Path) -> None:
     extra = ["--max-tasks-per-child", "5"] if case == "recycling" else []
     node = start_node(extra_args=extra)
-    work = tmp_path / "prometheus"
-    work.mkdir()
-    prom = Prometheus(f"127.0.0.1:{node.port}", work)
+    config = prometheus_config(tmp_path / "prometheus.yml", [f"127.0.0.1:{node.port}"],
+                               [REPO / "deploy/prometheus/rules/tasker-recording.yml"])
     key = str(tmp_path / "runtimes.txt")
     runtimes = _runtimes(mix, random.Random(case))
-    try:
+    with start_prometheus(config, tmp_path / "prometheus",
+                          ["--enable-feature=native-histograms"]) as prom:
         # Scraped before the first task: rate() in the recording rules sees every increase.
         wait_for(lambda: prom.query('count_over_time(up{job="tasker-worker"}[1m]) >= 2'),
                  timeout=30, interval=0.5, message="Prometheus scraping the node")
@@ -149,7 +95,7 @@ def test_native_quantiles_match_the_tasks_own_runtimes(case: str, mix: str, star
         truth = _measured(key)
         for q in (0.5, 0.95, 0.99):
             result = prom.query(f"histogram_quantile({q}, {selector})")
-            assert result, f"no quantile {q}: {prom.log.read_text()[-2000:]}"
+            assert result, f"no quantile {q}: {prom.log_tail(2000)}"
             got = float(result[0]["value"][1])
             low, high = _true_range(truth, q)
             assert 0.95 * low <= got <= 1.05 * high, (
@@ -161,8 +107,6 @@ def test_native_quantiles_match_the_tasks_own_runtimes(case: str, mix: str, star
                 timeout=30, interval=0.5, message="the p95 recording rule over the load")
             low, high = _true_range(truth, 0.95)
             assert 0.95 * low <= float(recorded[0]["value"][1]) <= 1.05 * high, recorded
-    finally:
-        prom.stop()
 
 
 def test_a_text_scrape_keeps_the_classic_buckets_and_a_protobuf_scrape_carries_native_ones(

@@ -7,7 +7,7 @@ under 100 ms; with the node stopped for 10 s the node counts at least 4 missed
 runs when it is back (their messages expired in the queue: they never
 started) and ``TaskerScheduleEntryMissed`` fires.
 
-A private Redis (tasker.embedded) holds the queues and the schedule store, so
+A private Redis (tasker.cli.embedded_services) holds the queues and the schedule store, so
 nothing else sends or counts this entry.
 """
 
@@ -15,20 +15,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
-import signal
 import subprocess
 import sys
 import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
-from support import REPO, free_port, total, wait_for
+from servers import PrometheusServer, prometheus_config, start_beat, start_prometheus, stop_group
+from support import REPO, total, wait_for
 
-from tasker.embedded import EmbeddedRedis
+from tasker.cli.embedded_services import EmbeddedRedis
 
 ENTRY = "tasker.recover_steps"
 PERIOD = 2.0
@@ -46,47 +42,25 @@ def _scrape_or_none(node) -> dict | None:
         return None  # restarting
 
 
-def _start_prometheus(tmp_path: Path, target: str) -> tuple[subprocess.Popen, str]:
-    binary = shutil.which("prometheus") or "/usr/bin/prometheus"
-    if not Path(binary).is_file():
-        pytest.fail("prometheus is not installed: apt-get install -y prometheus")
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-        f"rule_files:\n  - {json.dumps(str(RULES))}\n"
-        "scrape_configs:\n  - job_name: tasker-worker\n    static_configs:\n"
-        f"      - targets: [{json.dumps(target)}]\n")
-    port = free_port()
-    log = (tmp_path / "prometheus.log").open("w")
-    proc = subprocess.Popen(
-        [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    log.close()
-    return proc, f"http://127.0.0.1:{port}"
-
-
-def _query(url: str, expr: str) -> list[dict]:
-    with contextlib.suppress(OSError, ValueError), urllib.request.urlopen(
-            f"{url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}",
-            timeout=5) as response:
-        return json.load(response)["data"]["result"]
+def _query(prom: PrometheusServer, expr: str) -> list[dict]:
+    with contextlib.suppress(OSError, ValueError):
+        return prom.query(expr)
     return []
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_missed_runs_lateness_and_the_missed_alert(start_node, tmp_path: Path) -> None:
-    with EmbeddedRedis(tmp_path / "redis") as server:
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(EmbeddedRedis(tmp_path / "redis"))
         url = f"redis://127.0.0.1:{server.port}/0"
         env = {"TASKER_BROKER_URL": url, "TASKER_RECOVERY_INTERVAL": str(int(PERIOD)),
                "TASKER_SAMPLE_INTERVAL": "4"}
         node = start_node(queue="celery", env=env)
-        prometheus, prom_url = _start_prometheus(tmp_path, f"127.0.0.1:{node.port}")
-        beat_log = open(tmp_path / "beat.log", "wb")  # noqa: SIM115 - the child writes it
-        beat = subprocess.Popen([sys.executable, "-m", "celery", "-A", "tasker", "beat"],
-                                cwd=tmp_path, env={**node.env, **env}, stdout=beat_log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        config = prometheus_config(tmp_path / "prometheus.yml", [f"127.0.0.1:{node.port}"],
+                                   [RULES])
+        prometheus = stack.enter_context(start_prometheus(config, tmp_path / "prometheus"))
+        beat = start_beat({**node.env, **env}, tmp_path / "beat.log", cwd=tmp_path)
         try:
             # The node created the entry's series at zero when it was ready.
             first = node.scrape()
@@ -146,26 +120,18 @@ def test_missed_runs_lateness_and_the_missed_alert(start_node, tmp_path: Path) -
             # The real Prometheus: the alert fires once the node runs the entry
             # on time again, i.e. from the counted runs, not from the gap.
             def firing() -> bool:
-                fresh = _query(prom_url, "time() - max(tasker_schedule_last_start_timestamp_"
+                fresh = _query(prometheus, "time() - max(tasker_schedule_last_start_timestamp_"
                                          f'seconds{{entry="{ENTRY}"}}) < {2 * PERIOD}')
-                alerts = _query(prom_url, 'ALERTS{alertname="TaskerScheduleEntryMissed",'
+                alerts = _query(prometheus, 'ALERTS{alertname="TaskerScheduleEntryMissed",'
                                           f'alertstate="firing",entry="{ENTRY}"}}')
                 return bool(fresh and alerts)
 
             wait_for(firing, timeout=60, interval=1,
                      message="TaskerScheduleEntryMissed firing in Prometheus")
-            increase = _query(prom_url, "sum(increase(tasker_schedule_missed_total"
+            increase = _query(prometheus, "sum(increase(tasker_schedule_missed_total"
                                         f'{{entry="{ENTRY}"}}[5m]))')
             assert increase and float(increase[0]["value"][1]) >= 3, increase
             print(f"runs before the stop: {count:g}, within 100 ms: {_bucket(normal, '0.1'):g}, "
                   f"within 10 ms: {_bucket(normal, '0.01'):g}; missed after it: {missed():g}")
         finally:
-            os.killpg(beat.pid, signal.SIGTERM)
-            beat.wait(timeout=20)
-            beat_log.close()
-            prometheus.terminate()
-            try:
-                prometheus.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                prometheus.kill()
-                prometheus.wait()
+            stop_group(beat, timeout=20)

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,7 +27,8 @@ from pathlib import Path
 import kombu
 import pytest
 import redis
-from support import REPO, SESSION, WorkerNode, free_port, total, wait_for
+from servers import binary, start_beat, start_logged, start_redis_server, stop, stop_group
+from support import SESSION, WorkerNode, free_port, total, wait_for
 
 from tasker.sampler.broker import PUBLISHED_AT_HEADER, sample_queues
 
@@ -39,14 +38,6 @@ MASTER_NAME = "tasker-test"
 #: a back-off of 2, 4, 6 ... s after the loss (measured: reconnected 3.8 s after
 #: the switch, the sample followed at once); 3 s intervals leave that margin.
 INTERVAL = 3
-
-
-def _binary(name: str) -> str:
-    path = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists()
-                                  else None)
-    if path is None:
-        pytest.fail(f"{name} not found: apt-get install -y redis-sentinel", pytrace=False)
-    return path
 
 
 @dataclass
@@ -85,30 +76,17 @@ class Trio:
         return time.monotonic()
 
 
-def _start(argv: list[str], log: Path,
-           env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    out = open(log, "wb")  # noqa: SIM115 - the child writes it
-    try:
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                cwd=REPO, start_new_session=True)
-    finally:
-        out.close()
-
-
 @pytest.fixture
 def trio(tmp_path: Path) -> Iterator[Trio]:
-    server, sentinel_bin = _binary("redis-server"), _binary("redis-sentinel")
-    ports = [free_port() for _ in range(3)]
-    master, replica, sentinel = ports
-    common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-              "--dir", str(tmp_path)]
-    procs: dict[str, subprocess.Popen[bytes]] = {}
-    try:
-        procs["master"] = _start([server, "--port", str(master), *common],
-                                 tmp_path / "master.log")
-        procs["replica"] = _start([server, "--port", str(replica), *common,
-                                   "--replicaof", "127.0.0.1", str(master)],
-                                  tmp_path / "replica.log")
+    sentinel_bin = binary("redis-sentinel", "apt-get install -y redis-sentinel")
+    master, replica, sentinel = (free_port() for _ in range(3))
+    with contextlib.ExitStack() as stack:
+        procs: dict[str, subprocess.Popen[bytes]] = {}
+        procs["master"] = stack.enter_context(
+            start_redis_server(tmp_path, "master", port=master, wait=False)).process
+        procs["replica"] = stack.enter_context(
+            start_redis_server(tmp_path, "replica", port=replica, wait=False,
+                               args=["--replicaof", "127.0.0.1", str(master)])).process
         conf = tmp_path / "sentinel.conf"  # the sentinel rewrites its file
         conf.write_text(
             f"port {sentinel}\nbind 127.0.0.1\ndir {tmp_path}\n"
@@ -116,7 +94,8 @@ def trio(tmp_path: Path) -> Iterator[Trio]:
             # Fast on purpose: the test measures tasker, not the sentinel.
             f"sentinel down-after-milliseconds {MASTER_NAME} 1000\n"
             f"sentinel failover-timeout {MASTER_NAME} 3000\n")
-        procs["sentinel"] = _start([sentinel_bin, str(conf)], tmp_path / "sentinel.log")
+        procs["sentinel"] = start_logged([sentinel_bin, str(conf)], tmp_path / "sentinel.log")
+        stack.callback(stop, procs["sentinel"])
 
         def ready() -> bool:
             for name, proc in procs.items():
@@ -133,15 +112,6 @@ def trio(tmp_path: Path) -> Iterator[Trio]:
                             for r in replicas))
         wait_for(ready, timeout=30, interval=0.1, message="master, replica and sentinel")
         yield Trio(master, replica, sentinel, procs, tmp_path)
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
 
 
 def _connection(trio: Trio) -> kombu.Connection:
@@ -205,10 +175,7 @@ def test_worker_and_sampler_through_sentinel_resume_after_failover(
     beat: subprocess.Popen[bytes] | None = None
     try:
         node.start()
-        beat = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tasker", "beat"],
-            cwd=REPO, env=env, stdout=open(tmp_path / "beat.log", "wb"),  # noqa: SIM115
-            stderr=subprocess.STDOUT, start_new_session=True)
+        beat = start_beat(env, tmp_path / "beat.log")
         _publish(trio, idle, 120)
 
         def depth() -> float | None:
@@ -246,12 +213,7 @@ def test_worker_and_sampler_through_sentinel_resume_after_failover(
                  timeout=30, message="a task through the promoted master")
     finally:
         if beat is not None:
-            os.killpg(beat.pid, signal.SIGTERM)
-            try:
-                beat.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(beat.pid, signal.SIGKILL)
-                beat.wait()
+            stop_group(beat)
         node.stop()
 
 
