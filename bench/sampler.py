@@ -12,7 +12,7 @@ time includes connecting. Round trips are counted on the client side: every
 write of one or more commands to a Redis socket (``send_packed_command``),
 connection set-up included.
 
-Then, on a private Redis (``tasker.embedded``: 100 MB of held messages stay
+Then, on a private Redis (``tasker.cli.embedded_services``: 100 MB of held messages stay
 off the shared server), ``--held`` unacked messages of ``--body-bytes`` each
 (kombu's ``unacked`` hash and ``unacked_index``, as kombu's QoS writes them,
 over 5 queues, plus 1-5 ready messages per queue) are sampled: the samples
@@ -160,7 +160,7 @@ def held_messages(held: int, body_bytes: int, calls: int) -> dict[str, Any]:
     import kombu
     import redis
 
-    from tasker.embedded import EmbeddedRedis
+    from tasker.cli.embedded_services import EmbeddedRedis
     from tasker.sampler import broker
 
     with tempfile.TemporaryDirectory(prefix="tasker-bench-redis-") as tmp:

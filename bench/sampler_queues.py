@@ -5,7 +5,7 @@
 1. ``sample_queues`` for 10, 100 and 1,000 queues (``--quick``: 10 and 100),
    each call opening its own connection as the beat task does (median and
    min-max of ``--calls`` calls):
-   * Redis: a private server (``tasker.embedded``), kombu's default four
+   * Redis: a private server (``tasker.cli.embedded_services``), kombu's default four
      priority levels, 3 messages per queue (levels 0 and 9); bytes moved are
      Redis's ``total_net_input_bytes`` + ``total_net_output_bytes`` per call.
    * RabbitMQ on 127.0.0.1:5672 (when it answers): classic and quorum queues
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         counts = [int(c) for c in args.counts.split(",")]
     calls = args.calls or (5 if args.quick else 15)
 
-    from tasker.embedded import EmbeddedRedis
+    from tasker.cli.embedded_services import EmbeddedRedis
 
     results: dict[str, Any] = {"machine": common.machine_info(), "rows": []}
     with tempfile.TemporaryDirectory(prefix="bench-sampler-queues-") as tmp:

@@ -3,8 +3,7 @@
 ``celery -A tasker worker`` finds the Celery app as ``tasker.app``.
 """
 
-from tasker.celery_app import app
+from tasker.celery_app import app, handler
 from tasker.correlation import current_correlation_id
-from tasker.registry import handler
 
 __all__ = ["app", "current_correlation_id", "handler"]

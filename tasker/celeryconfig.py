@@ -10,7 +10,7 @@ config view) reads them all, so helpers are imported under private names.
 import sys as _sys
 
 from tasker import broker_client as _broker_client
-from tasker.periodic import periodic_queue_name as _periodic_queue_name
+from tasker.periodic_queue import periodic_queue_name as _periodic_queue_name
 from tasker.registry import discover_handler_modules as _discover_handler_modules
 from tasker.settings import SettingsError as _SettingsError
 from tasker.settings import get_settings as _get_settings
@@ -44,7 +44,7 @@ worker_send_task_events = False
 task_send_sent_event = False
 worker_hijack_root_logger = False
 
-imports = [*_discover_handler_modules(), "tasker.sampler.tasks", "tasker.workflows.engine"]
+imports = [*_discover_handler_modules(), "tasker.tasks.fleet_sampler", "tasker.workflows.engine"]
 
 # tasker's own periodic work goes to a queue of its own that no pool consumes:
 # every node's MainProcess takes it (tasker/periodic.py), so it never waits

@@ -15,6 +15,10 @@ from typing import Any
 
 from celery.loaders.app import AppLoader
 
+from tasker.errors import EXIT_HANDLERS
+from tasker.registry import describe_import_failure
+from tasker.settings import get_settings
+
 __all__ = ["TaskerLoader"]
 
 
@@ -28,9 +32,6 @@ class TaskerLoader(AppLoader):
         try:
             return super().import_default_modules()
         except Exception as exc:
-            from tasker.errors import EXIT_HANDLERS
-            from tasker.registry import describe_import_failure
-
             line = describe_import_failure(exc)
             if line is None or self.raise_import_errors:
                 raise
@@ -43,8 +44,6 @@ class TaskerLoader(AppLoader):
 def _debug_level(app: Any) -> bool:
     # The worker's --loglevel is not known yet at this point; TASKER_LOG_LEVEL is.
     try:
-        from tasker.settings import get_settings
-
         return get_settings().log_level == "DEBUG" or any(
             a.upper().endswith("DEBUG") for a in sys.argv[1:])
     except Exception:  # noqa: BLE001 - a bad setting is reported elsewhere

@@ -1,5 +1,8 @@
-"""Handler registry: ``@handler`` turns a function in ``workers/<namespace>.py``
-into the Celery task ``<namespace>.<name>`` and remembers its namespace.
+"""Handler registry: the task names of ``workers/<namespace>.py``, by namespace.
+
+``@handler`` (:func:`tasker.celery_app.handler`, exported as ``tasker.handler``)
+turns a function into the Celery task ``<namespace>.<name>`` of tasker's app
+and adds its name here; the node reports the counts per namespace.
 """
 
 from __future__ import annotations
@@ -10,17 +13,12 @@ import os
 import pkgutil
 import traceback
 from collections import defaultdict
-from collections.abc import Callable
-from typing import Any, TypeVar, overload
 
-__all__ = ["handler", "registry", "HandlerRegistry", "discover_handler_modules", "HANDLER_PACKAGE",
-           "describe_import_failure"]
+__all__ = ["registry", "HandlerRegistry", "discover_handler_modules", "HANDLER_PACKAGE",
+           "describe_import_failure", "namespace_of"]
 
 #: The package whose modules hold business handlers, one namespace per module.
 HANDLER_PACKAGE = "workers"
-
-F = TypeVar("F", bound=Callable[..., Any])
-
 
 class HandlerRegistry:
     """Every registered handler's task name, grouped by namespace."""
@@ -58,33 +56,6 @@ def namespace_of(module_name: str) -> str:
             f"{module_name!r} is not such a module"
         )
     return parts[1]
-
-
-@overload
-def handler(fn: F) -> F: ...
-@overload
-def handler(*, name: str | None = None, **task_options: Any) -> Callable[[F], F]: ...
-
-
-def handler(fn: Callable[..., Any] | None = None, *, name: str | None = None,
-            **task_options: Any) -> Any:
-    """Register ``fn`` as the Celery task ``<namespace>.<name>``.
-
-    Args:
-        fn: the handler function (when used as a bare ``@handler``).
-        name: the handler name inside its namespace (default: the function name).
-        **task_options: passed to ``app.task`` (``max_retries``, ``acks_late``...).
-    """
-
-    def register(func: Callable[..., Any]) -> Any:
-        from tasker.celery_app import app
-
-        namespace = namespace_of(func.__module__)
-        task_name = f"{namespace}.{name or func.__name__}"
-        registry.add(namespace, task_name)
-        return app.task(name=task_name, **task_options)(func)
-
-    return register(fn) if fn is not None else register
 
 
 def discover_handler_modules(package: str = HANDLER_PACKAGE) -> list[str]:

@@ -47,6 +47,10 @@ from typing import Any
 from celery import beat
 from celery.signals import task_prerun, worker_ready
 
+from tasker.metrics import recording
+from tasker.periodic_queue import periodic_queue_name
+from tasker.settings import get_settings
+
 __all__ = ["MonitoredScheduler", "ScheduleStore", "EntryState", "missed_runs",
            "period_seconds", "ENTRY_HEADER", "DUE_HEADER", "PERIOD_HEADER", "MAX_ENTRIES"]
 
@@ -166,9 +170,6 @@ class ScheduleStore:
     @classmethod
     def from_settings(cls, timeout: float = STORE_TIMEOUT) -> ScheduleStore | None:
         """The store of this fleet, or None when the broker is not a plain Redis URL."""
-        from tasker.periodic import periodic_queue_name
-        from tasker.settings import get_settings
-
         settings = get_settings()
         url = settings.broker_url
         if not url.startswith(("redis://", "rediss://", "unix://")):
@@ -328,8 +329,6 @@ def record_start(request: Any, started: float | None = None) -> int | None:
     retry, and a redelivery of the entry's latest start, record nothing: each
     scheduled run is observed once.
     """
-    from tasker.metrics import recording
-
     entry = _header(request, ENTRY_HEADER)
     if not isinstance(entry, str):
         return None
@@ -377,8 +376,6 @@ def _on_prerun(sender: Any = None, task: Any = None, **_: Any) -> None:
     try:
         record_start((task or sender).request)
     except Exception as exc:  # noqa: BLE001 - a metrics failure never fails a task
-        from tasker.metrics import recording
-
         recorder = recording.current()
         if recorder is not None:
             recording._record_failed(recorder, "schedule", exc)
@@ -402,15 +399,11 @@ def _create_series(sender: Any = None, **_: Any) -> None:
     run after a restart is an increase. The period gauge lives as long as the
     node (the alert compares the last start with it).
     """
-    from tasker.metrics import recording
-
     recorder = recording.current()
-    if recorder is None:
+    app = getattr(sender, "app", None)  # the consumer: Celery gives its app
+    if recorder is None or app is None:
         return
     try:
-        app = getattr(sender, "app", None)
-        if app is None:
-            from tasker.celery_app import app
         m = recorder.metrics
         for name, period in configured_periods(app.conf.beat_schedule).items():
             label = _entry_label(name)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, fields
 from typing import TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from tasker.metrics.directory import ForeignFilesError, refuse_foreign
 from tasker.redact import MASK, redact_text, redact_url, register_secrets, secrets_in
 
 __all__ = ["Settings", "SettingsError", "load_settings", "get_settings", "reset_settings",
@@ -279,8 +280,6 @@ def _buckets(raw: str) -> tuple[float, ...]:
 def _multiproc_dir(raw: str) -> str:
     # Checked at start-up, where a refusal is one line and exit 2; the node
     # checks again before it empties the directory (tasker/metrics/directory.py).
-    from tasker.metrics.directory import ForeignFilesError, refuse_foreign
-
     if os.path.exists(raw) and not os.path.isdir(raw):
         raise SettingsError("it exists and is not a directory")
     try:

@@ -1,4 +1,4 @@
-"""Real-process tests for tasker.embedded: private Redis/PostgreSQL on free loopback ports.
+"""Real-process tests for tasker.cli.embedded_services: private Redis/PostgreSQL servers.
 
 Never touches the machine's own Redis (6379) or PostgreSQL (5432).
 """
@@ -21,8 +21,8 @@ import psycopg
 import pytest
 import redis
 
-from tasker import embedded
-from tasker.embedded import (
+from tasker.cli import embedded_services as embedded
+from tasker.cli.embedded_services import (
     EmbeddedPostgres,
     EmbeddedRedis,
     EmbeddedServerError,

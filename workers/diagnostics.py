@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import time
 
-from tasker import db
-from tasker.registry import handler
+from tasker import db, handler
 from tasker.workflows import Step, StepContext, Workflow
 
 #: Longest sleep or hold a diagnostic task accepts, in seconds.

@@ -14,7 +14,8 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from tasker.errors import EXIT_CONFIG, describe
+from tasker.cli.failures import describe
+from tasker.errors import EXIT_CONFIG
 from tasker.settings import SettingsError
 
 __all__ = ["main"]

@@ -17,7 +17,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tasker.celery_app import app
-    from tasker.sampler.tasks import run_sample_round
+    from tasker.tasks.fleet_sampler import run_sample_round
 
     result = run_sample_round(app)
     if args.json:

@@ -15,14 +15,16 @@ message is provably not in flight: older than ``TASKER_RECOVERY_DEADLINE``
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from celery import shared_task
+from celery import Celery, shared_task
 
+from tasker import app as tasker_app
 from tasker import db
 from tasker.correlation import (
     CORRELATION_HEADER,
@@ -31,6 +33,7 @@ from tasker.correlation import (
     current_correlation_id,
     uuid7,
 )
+from tasker.metrics import recording
 from tasker.settings import get_settings
 from tasker.workflows import attempt, inflight, records
 from tasker.workflows.definition import ContextError, get_workflow
@@ -79,15 +82,11 @@ def retry_delay(attempt: int) -> float:
 
 
 def _metrics() -> Any:
-    from tasker.metrics import recording
-
     return recording.current()
 
 
-def _publish(step_uuid: str, workflow: str, correlation_id: str, parent: str | None,
-             path: str = "event", countdown: float | None = None) -> None:
-    from tasker.celery_app import app
-
+def _publish(app: Celery, step_uuid: str, workflow: str, correlation_id: str,
+             parent: str | None, path: str = "event", countdown: float | None = None) -> None:
     headers = {CORRELATION_HEADER: correlation_id, DELIVERY_HEADER: path}
     if parent:
         headers[PARENT_HEADER] = parent
@@ -99,10 +98,12 @@ def _publish(step_uuid: str, workflow: str, correlation_id: str, parent: str | N
 
 
 def submit(workflow_name: str, context: dict[str, Any] | None = None, *,
-           parent_correlation_id: str | None = None, key: str | None = None) -> Submission:
+           parent_correlation_id: str | None = None, key: str | None = None,
+           app: Celery | None = None) -> Submission:
     """Validate, record and start a task request.
 
     Args:
+        app: the Celery app that publishes the steps (default: tasker's app).
         key: an idempotency key. A request already recorded with it (same
             workflow and context) is returned as it is: nothing is written or
             published again, so a submit that failed half-way can be retried.
@@ -138,7 +139,7 @@ def submit(workflow_name: str, context: dict[str, Any] | None = None, *,
     publish_error = None
     for step_uuid, _name in roots:
         try:
-            _publish(step_uuid, wf.full_name, correlation_id, parent)
+            _publish(app or tasker_app, step_uuid, wf.full_name, correlation_id, parent)
         except Exception as exc:  # noqa: BLE001 - recorded: the poller dispatches it
             publish_error = " ".join(f"{type(exc).__name__}: {exc}".split())
             break  # the broker is down: the other roots would fail the same way
@@ -179,8 +180,9 @@ def run_step(self: Any, step_uuid: str) -> str:
             recorder.child(recorder.metrics.step_executions, workflow, path).inc()
 
     t0 = time.perf_counter()
-    outcome, claim, finalized = attempt.run(step_uuid, path, _publish, retry_delay,
-                                            on_execution)
+    outcome, claim, finalized = attempt.run(step_uuid, path,
+                                            functools.partial(_publish, self.app),
+                                            retry_delay, on_execution)
     if outcome in ("busy", "unknown", "stale", "raced", "early"):
         logger.info("workflow.step_duplicate", extra={"step_uuid": step_uuid,
                                                       "outcome": outcome})
@@ -236,8 +238,8 @@ def provably_lost(candidates: list[records.Candidate], held: set[int],
     return out
 
 
-@shared_task(name="tasker.recover_steps", ignore_result=True)
-def recover_steps() -> int:
+@shared_task(name="tasker.recover_steps", bind=True, ignore_result=True)
+def recover_steps(self: Any) -> int:
     """Beat task: re-publish steps whose message is provably lost (delivered by polling)."""
     settings = get_settings()
     try:
@@ -251,7 +253,7 @@ def recover_steps() -> int:
                               or records.lease_key(c.uuid) not in held]
             if candidates:
                 try:
-                    waiting = inflight.waiting_steps(settings.step_queue)
+                    waiting = inflight.waiting_steps(settings.step_queue, self.app)
                 except Exception as exc:  # noqa: BLE001 - broker down: nothing can be published
                     logger.warning("workflow.recovery_failed", extra={
                         "reason": f"step queue unreadable: {type(exc).__name__}: {exc}"})
@@ -263,7 +265,8 @@ def recover_steps() -> int:
         return 0
     for c in chosen:
         try:
-            _publish(c.uuid, c.workflow, c.correlation_id, c.parent_correlation_id, path="poll")
+            _publish(self.app, c.uuid, c.workflow, c.correlation_id, c.parent_correlation_id,
+                     path="poll")
         except Exception:  # noqa: BLE001 - found again next time (no message waits)
             logger.exception("workflow.publish_failed", extra={"step_uuid": c.uuid})
     if chosen:

@@ -54,14 +54,12 @@ return out
 """
 
 
-def waiting_steps(queue: str, app: Any = None, limit: int = MAX_SCAN) -> Counter[str] | None:
+def waiting_steps(queue: str, app: Any, limit: int = MAX_SCAN) -> Counter[str] | None:
     """Step uuid -> messages waiting in ``queue``; None when that cannot be known.
 
     Raises:
         kombu / redis connection errors: the broker cannot be reached.
     """
-    if app is None:
-        from tasker.celery_app import app
     with app.connection_for_read() as conn:
         if conn.transport.driver_type != "redis":
             return None

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from support import REPO, SESSION, free_port, http_get, parse_metrics, total, wait_for
 
-from tasker.embedded import EmbeddedRedis
+from tasker.cli.embedded_services import EmbeddedRedis
 
 PASSWORD = "S3cretPw-XYZ"
 #: A password holding characters that need percent-encoding (``@``, ``:``, ``/``).

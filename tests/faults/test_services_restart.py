@@ -1,6 +1,6 @@
 """Redis and PostgreSQL restarted under load: the fleet notices, recovers, loses nothing.
 
-Each test owns a private server (``tasker.embedded``) because it stops and starts it;
+Each test owns a private server (``tasker.cli.embedded_services``) because it stops and starts it;
 the machine's shared Redis and PostgreSQL are never restarted.
 
 * Redis (the broker) stopped for a few seconds under a paced publisher: ``/healthz``
@@ -45,7 +45,7 @@ from workflow_support import (
     task_records,
 )
 
-from tasker.embedded import EmbeddedPostgres, EmbeddedRedis
+from tasker.cli.embedded_services import EmbeddedPostgres, EmbeddedRedis
 
 # --------------------------------------------------------------------------- helpers
 

@@ -1,6 +1,6 @@
 """Storm: 200 requests, 20 SIGKILLed pool processes and a Redis restart; nothing lost or doubled.
 
-The broker is a private Redis (``tasker.embedded``) because the test restarts
+The broker is a private Redis (``tasker.cli.embedded_services``) because the test restarts
 it; Redis keeps nothing on disk, so every message waiting at the restart is
 lost and only the recovery poller brings those steps back.
 """
@@ -28,7 +28,7 @@ from workflow_support import (
     task_records,
 )
 
-from tasker.embedded import EmbeddedRedis
+from tasker.cli.embedded_services import EmbeddedRedis
 
 _SUBMIT = """
 import json, random, sys

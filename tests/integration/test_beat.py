@@ -11,7 +11,7 @@ from pathlib import Path
 
 from support import wait_for
 
-from tasker.embedded import EmbeddedRedis
+from tasker.cli.embedded_services import EmbeddedRedis
 
 
 def _run_beat(tmp_path: Path, *args: str, wait: float = 30) -> str:

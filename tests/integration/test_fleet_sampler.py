@@ -144,7 +144,7 @@ def test_node_exports_unreachable_source_as_down(start_node, app, tmp_path):
 def test_stopping_beat_ages_out_fleet_series(start_node, app, tmp_path):
     import signal
 
-    from tasker.embedded import EmbeddedRedis
+    from tasker.cli.embedded_services import EmbeddedRedis
 
     interval = 1
     # A private Redis: beat's periodic queue is consumed by every node on the

@@ -1,6 +1,6 @@
 """tasker's own periodic work never waits behind user work (issue 2.4, item 1).
 
-A private Redis (tasker.embedded) holds the backlog, so beat, the node and the
+A private Redis (tasker.cli.embedded_services) holds the backlog, so beat, the node and the
 queue are this test's alone and LLEN is the queue's exact length.
 """
 
@@ -18,7 +18,7 @@ import pytest
 import redis
 from support import REPO, total, wait_for
 
-from tasker.embedded import EmbeddedRedis
+from tasker.cli.embedded_services import EmbeddedRedis
 
 INTERVAL = 2.0
 TASKS = 3000

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from support import REPO, free_port, wait_for
 
-from tasker.embedded import EmbeddedRedis
+from tasker.cli.embedded_services import EmbeddedRedis
 
 
 def _blocks(language: str) -> list[str]:

@@ -1,6 +1,6 @@
 """Unacked messages are counted without reading their bodies at every sample.
 
-A private Redis (``tasker.embedded``) holds 50,000 unacked messages of 2 KB
+A private Redis (``tasker.cli.embedded_services``) holds 50,000 unacked messages of 2 KB
 (100 MB); each sample must cost Redis at most 20 ms and move at most 1 MB,
 with depth and unacked still exact. A wrongly typed key costs only what it
 holds.
@@ -17,7 +17,7 @@ import pytest
 import redis
 from unacked_fill import hold
 
-from tasker.embedded import EmbeddedRedis
+from tasker.cli.embedded_services import EmbeddedRedis
 from tasker.sampler import broker
 from tasker.sampler.broker import sample_queues
 

@@ -46,8 +46,8 @@ def test_sample_database_gives_up_at_its_timeout(handshake: bool) -> None:
 
 @pytest.mark.parametrize("handshake", [False, True], ids=["silent", "mute-after-start-up"])
 def test_a_round_ends_within_one_interval_and_the_broker_is_sampled(app, handshake) -> None:
-    from tasker.sampler.tasks import run_sample_round
     from tasker.settings import get_settings
+    from tasker.tasks.fleet_sampler import run_sample_round
 
     interval = 2.0
     with silent_server(handshake) as port:

@@ -12,6 +12,9 @@ Binaries, in order of preference:
 
 Both servers run as direct children (not daemonized, not via ``pg_ctl``) so that
 ``pid`` is the real server process and :meth:`stop` can always reap it.
+
+Not part of the runtime: only ``tasker demo`` (:mod:`tasker.cli.demo`) and the
+tests import this module (``tests/unit/test_import_layers.py`` checks it).
 """
 
 from __future__ import annotations
