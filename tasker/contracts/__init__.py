@@ -86,11 +86,11 @@ def check(only: tuple[Touch, ...] | None = None) -> list[str]:
 
 
 def check_at_start() -> None:
-    """:func:`check`, then each line logged once; a broken touch stops the process."""
+    """:func:`check`, then each line logged once; a broken touch stops the process
+    with its one line (on stderr, as any ``SystemExit`` message)."""
     try:
         lines = check()
-    except ContractBroken as exc:
-        logger.critical("contracts.broken", extra={"reason": str(exc)})
+    except ContractBroken as exc:  # Python prints the line to stderr; exit status 1
         raise SystemExit(str(exc)) from None
     for line in lines:
         logger.warning("contracts.fallback", extra={"reason": line})

@@ -11,9 +11,10 @@ What tasker touches, and why:
 * the consumer's ``on_connection_error_after_connected``: wrapped so that a
   failed close of a lost connection does not stop the node
   (:mod:`tasker.broker_loss`);
-* the consumer's ``strategies`` table (task name -> message handler) and
-  ``create_task_handler()``: receipt counting and tasker's periodic work
-  hand messages to Celery's own handler;
+* the consumer's ``strategies`` table (task name -> message handler, called
+  as ``(message, body, ack, reject, callbacks)``) and ``create_task_handler()``:
+  receipt counting wraps Celery's handlers, tasker's periodic work hands
+  messages to Celery's own handler;
 * billiard's ``Process.index`` (the pool's slot number): a pool process's
   slot in the node state file.
 
@@ -107,6 +108,10 @@ def pool_process_index() -> int | None:
 
 # -- the start check -----------------------------------------------------------
 
+# The checks import what they check inside them: they run once, when a worker
+# or beat starts, not in every process that imports tasker (pool processes,
+# the command line), where those imports would cost start-up time for nothing.
+
 
 def check_current_task() -> None:
     global current_task
@@ -158,13 +163,17 @@ def check_connection_error_handler() -> None:
 
 def check_strategies() -> None:
     _broken.discard("strategies")
+    from celery.worker import strategy
     from celery.worker.consumer import consumer
 
     source = _consumer_source("__init__", "update_strategies", "create_task_handler")
+    handler = "def task_message_handler(message, body, ack, reject, callbacks"
     if ("self.strategies = " not in source or "strategies[type_]" not in source
-            or not hasattr(consumer.Consumer, "create_task_handler")):
+            or not hasattr(consumer.Consumer, "create_task_handler")
+            or handler not in inspect.getsource(strategy.default)):
         _broken.add("strategies")
-        raise AssertionError("the consumer no longer dispatches through self.strategies")
+        raise AssertionError("the consumer no longer dispatches through self.strategies "
+                             "to handlers of (message, body, ack, reject, callbacks)")
 
 
 def check_pool_index() -> None:

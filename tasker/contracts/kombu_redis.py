@@ -53,6 +53,10 @@ def timer_entry_args(timer: Any) -> list[tuple[Any, ...]] | None:
             for waiting in list(timer.queue)]
 
 
+# The checks import what they check inside them: they run once, when a worker
+# or beat starts, not in every process that imports tasker (pool processes,
+# the command line), where those imports would cost start-up time for nothing.
+
 def check_priority_keys() -> None:
     from kombu.transport import redis as kombu_redis
 

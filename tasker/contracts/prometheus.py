@@ -182,7 +182,10 @@ def check_key_shape() -> None:
     """``mmap_key`` writes the JSON list tasker's store reads, labels sorted."""
     key = mmap_dict.mmap_key("tasker_probe", "tasker_probe_total", list(_PROBE_LABELS),
                              list(_PROBE_VALUES), "Probe.")
-    got = parse_key(key)
+    try:
+        got = parse_key(key)
+    except ValueError:  # UnknownKeyShape, or not JSON at all
+        raise AssertionError(f"it writes keys of another shape: {key[:60]}") from None
     want = ("tasker_probe", "tasker_probe_total", dict(zip(_PROBE_LABELS, _PROBE_VALUES)),
             "Probe.")
     if got != want:

@@ -272,3 +272,23 @@ def test_private_names_are_used_in_tasker_contracts_only() -> None:
             if _PRIVATE.search(code) and not code.lstrip().startswith(("\"", "'", "``")):
                 found.append(f"{path.relative_to(TASKER.parent)}:{number}: {line.strip()}")
     assert not found, "\n".join(found)
+
+
+def test_a_worker_node_with_a_broken_touch_stops_before_it_starts() -> None:
+    """A real WorkController: worker_init runs the check before any bootstep is built."""
+    import subprocess
+    import sys
+
+    code = ("import json\n"
+            "from prometheus_client import mmap_dict\n"
+            "mmap_dict.mmap_key = lambda m, n, ln, lv, h: "
+            "json.dumps([m, n, dict(zip(ln, lv)), h, 'x'])\n"
+            "from tasker import app\n"
+            "app.Worker(pool='solo', concurrency=1, hostname='probe@contracts', quiet=True)\n"
+            "print('not stopped')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, cwd=TASKER.parent)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "not stopped" not in done.stdout
+    last = done.stderr.strip().splitlines()[-1]
+    _one_line_naming(last, "tasker: prometheus-client", "mmap_key", "stopping")
