@@ -5,7 +5,10 @@ libraries lives in this package, behind a small named function, one module
 per library or concern:
 
 * :mod:`~tasker.contracts.prometheus`: the value class global, metric
-  children's values, the label lock, the multiprocess file format;
+  children's values, the label lock, and the start checks of all
+  prometheus_client touches;
+* :mod:`~tasker.contracts.mmap_format`: the multiprocess file format (what
+  the metric store reads);
 * :mod:`~tasker.contracts.mmap_values`: tasker's value class, which writes
   through ``MmapedDict``'s private attributes on every update (the hot path,
   so the class itself lives here);

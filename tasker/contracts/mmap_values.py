@@ -31,7 +31,7 @@ from typing import Any
 from prometheus_client import mmap_dict
 from prometheus_client.mmap_dict import MmapedDict
 
-from tasker.contracts.prometheus import entry_end
+from tasker.contracts.mmap_format import entry_end
 
 __all__ = ["multiprocess_value_class", "adder_of", "add_each", "AllocatedMmapedDict"]
 

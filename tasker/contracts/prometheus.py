@@ -11,8 +11,9 @@ What tasker touches, and why:
   tasker's ``AllocatedMmapedDict`` allocates pages before ``_init_value``
   writes into them;
 * the file format itself (``mmap_key``'s JSON list and ``MmapedDict``'s
-  entry layout): tasker's ``MetricStore`` parses the files without
-  prometheus_client, once per entry, not at every scrape;
+  entry layout, :mod:`tasker.contracts.mmap_format`): tasker's
+  ``MetricStore`` parses the files without prometheus_client, once per
+  entry, not at every scrape;
 * a metric child's ``_value`` (counter, gauge) and ``_buckets``, ``_sum``,
   ``_upper_bounds`` (histogram): a pool process adds to them directly;
 * a labelled metric's ``_lock``: renewed in a forked pool process.
@@ -26,7 +27,6 @@ the public ``inc``/``observe`` methods, and the label lock to no renewal.
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 import tempfile
@@ -35,11 +35,18 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, mmap_dict, values
 
-from tasker.contracts.base import Touch, installed_version
+from tasker.contracts.base import Touch
+from tasker.contracts.mmap_format import (
+    FIRST_ENTRY,
+    HEADER,
+    entry_end,
+    parse_key,
+    read_used,
+)
+from tasker.contracts.mmap_values import AllocatedMmapedDict, multiprocess_value_class
 
 __all__ = ["install_value_class", "new_value", "child_value", "histogram_parts",
-           "renew_label_lock", "read_used", "entry_end", "parse_key", "FIRST_ENTRY",
-           "HEADER", "TOUCHES", "UnknownKeyShape"]
+           "renew_label_lock", "check_key_shape", "check_file_layout", "TOUCHES"]
 
 LIBRARY = "prometheus-client"
 
@@ -94,73 +101,6 @@ def renew_label_lock(metric: Any) -> None:
         metric._lock = threading.Lock()
 
 
-# -- the file format ---------------------------------------------------------
-
-#: A file's header: the used size (a 4-byte int, then 4 bytes of padding).
-HEADER = struct.Struct("<i")
-#: Offset of a file's first entry.
-FIRST_ENTRY = 8
-
-
-class UnknownKeyShape(ValueError):
-    """A complete key in a metric file that is not ``mmap_key``'s known shape."""
-
-
-def entry_end(pos: int, length: int) -> int:
-    """The end of the entry at ``pos`` whose key is ``length`` bytes; its two doubles
-    are the 16 bytes before it.
-
-    The length, the key padded so that the doubles are 8-byte aligned, then
-    the value and its timestamp (``MmapedDict._init_value``).
-    """
-    return pos + 4 + length + (8 - (length + 4) % 8) + 16
-
-
-def parse_key(key: str) -> tuple[str, str, dict[str, Any], str]:
-    """(family name, sample name, labels, help) of a file key.
-
-    Raises ValueError for text that is not JSON (an entry not written yet)
-    and :class:`UnknownKeyShape` for JSON of another shape.
-    """
-    parsed = json.loads(key)
-    if (not isinstance(parsed, list) or len(parsed) != 4 or not isinstance(parsed[2], dict)
-            or not all(isinstance(parsed[i], str) for i in (0, 1, 3))):
-        raise UnknownKeyShape(
-            f"prometheus-client {_version()}: a metric file key of unknown shape "
-            f"({key[:80]!r}); tasker's store reads [metric, sample, labels, help] "
-            "(tasker.contracts.prometheus)")
-    return parsed[0], parsed[1], parsed[2], parsed[3]
-
-
-#: Reads of one file until two consecutive copies agree (see read_used).
-_READ_TRIES = 3
-
-
-def read_used(path: str) -> tuple[bytes, int, bool] | None:
-    """(the file's used bytes, the used size, whether a second read found them unchanged).
-
-    None for a file whose header is not written yet. Bytes that did not change
-    while they were read twice hold no half-copied value.
-    """
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            return None  # empty: a process that is just creating it, or junk
-        used = HEADER.unpack_from(head)[0]
-        if used == 0:
-            return None  # a process creating it right now: header not written yet
-        if used < FIRST_ENTRY:
-            raise ValueError(f"used size {used} is impossible")
-        data = head + f.read(used - 8)
-        for _ in range(_READ_TRIES):
-            f.seek(0)
-            again = f.read(len(data))
-            if again == data:
-                return data, used, True
-            data = again  # a writer was at work: compare the next two copies
-        return data, used, False
-
-
 def _entries(data: bytes, used: int) -> list[tuple[str, int]]:
     """(key, value position) of every entry, parsed as tasker's store parses them."""
     out, pos = [], FIRST_ENTRY
@@ -203,9 +143,6 @@ def check_file_layout(mmaped_dict: type | None = None) -> None:
     (what the store does), prometheus_client's ``read_all_values_from_file``
     (what the stock collector does) and ``MmapedDict``'s ``_positions``.
     """
-    # mmap_values imports this module (for entry_end): imported here, not at the top.
-    from tasker.contracts.mmap_values import AllocatedMmapedDict, multiprocess_value_class
-
     with tempfile.TemporaryDirectory(prefix="tasker-contract-") as directory:
         cls = multiprocess_value_class(lambda: "probe", mmaped_dict or AllocatedMmapedDict,
                                        directory=lambda: directory)
@@ -291,10 +228,6 @@ def check_label_lock() -> None:
     _label_lock_known = taken
     if not taken:
         raise AssertionError("labels() does not take the metric's _lock")
-
-
-def _version() -> str:
-    return installed_version(LIBRARY)
 
 
 TOUCHES = (

@@ -16,7 +16,7 @@ The file format is prometheus_client's ``MmapedDict``: a 4-byte ``used`` size,
 4 bytes of padding, then entries of (4-byte key length, UTF-8 JSON key padded
 to 8 bytes, double value, double timestamp). It is private to
 prometheus_client, so what this store knows of it is in tasker's contract
-(:mod:`tasker.contracts.prometheus`), checked on the installed version when
+(:mod:`tasker.contracts.mmap_format`), checked on the installed version when
 a node starts. A complete key of another shape stops every read with one
 line naming it (a scrape fails, loudly) rather than leaving it out: an
 empty scrape, silently.
@@ -59,14 +59,14 @@ from typing import Any
 from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString
 
-from tasker.contracts.prometheus import (
+from tasker.contracts.mmap_format import (
     FIRST_ENTRY,
     HEADER,
     UnknownKeyShape,
     entry_end,
     parse_key,
 )
-from tasker.contracts.prometheus import read_used as _read_used
+from tasker.contracts.mmap_format import read_used as _read_used
 from tasker.metrics import identity
 from tasker.metrics.native import NativeCounts, reduce_schema
 from tasker.metrics.native_series import BUCKET_LABEL, NATIVE_TYPE, parse_bucket
