@@ -75,6 +75,7 @@ def check_timer() -> None:
     global _timer_known
     from kombu.asynchronous.timer import Timer
 
+    _timer_known = True
     timer = Timer()
     try:
         probe = object()
