@@ -431,7 +431,7 @@ def get_settings() -> Settings:
     The first load also warns on stderr about unknown ``TASKER_*`` variables
     (a typo such as ``TASKER_METRICS_PROT`` would otherwise be ignored silently).
     """
-    global _current
+    global _current  # one parse per process: every module asks, at any time, for the same values
     if _current is None:
         _current = load_settings()
         for line in unknown_variables():
@@ -441,5 +441,5 @@ def get_settings() -> Settings:
 
 def reset_settings() -> None:
     """Forget the cached settings (tests and the CLI's child processes)."""
-    global _current
+    global _current  # the cache get_settings() fills
     _current = None

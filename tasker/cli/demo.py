@@ -22,7 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tasker.loadgen import DEFAULT_MIX
+from tasker.celery_app import app
+from tasker.cli.stats import fetch, one_line, render
+from tasker.loadgen import DEFAULT_MIX, parse_mix, weighted_cycle
+from tasker.migrate import migrate
+from tasker.settings import get_settings, reset_settings
 
 #: Seconds each child gets to stop after SIGTERM before it is killed.
 STOP_GRACE = 15.0
@@ -130,7 +134,6 @@ def _prepare_services(fleet: Fleet, say: Any) -> None:
         postgres_reachable,
         redis_reachable,
     )
-    from tasker.settings import get_settings, reset_settings
 
     settings = get_settings()
     if not settings.broker_is_redis:
@@ -174,9 +177,8 @@ def _port(preferred: int, variable: str, what: str, say: Any) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    # lazy: rich costs 13-19 ms (python -X importtime); only a command that draws loads it.
     from rich.console import Console
-
-    from tasker.settings import get_settings
 
     # Long lines stay whole (a URL or path split over two lines is unusable).
     console = Console(soft_wrap=True)
@@ -206,9 +208,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_fleet(args: argparse.Namespace, fleet: Fleet, stop: threading.Event,
                console: Any) -> int:
-    from tasker.migrate import migrate
-    from tasker.settings import get_settings
-
     say = console.print
     settings = get_settings()
     applied = migrate(settings.database_url)
@@ -252,9 +251,6 @@ def _run_fleet(args: argparse.Namespace, fleet: Fleet, stop: threading.Event,
 
 
 def _drive_load(args: argparse.Namespace, stop: threading.Event, say: Any) -> None:
-    from tasker.celery_app import app
-    from tasker.loadgen import parse_mix, weighted_cycle
-
     entries = weighted_cycle(parse_mix(args.mix))
     interval = 1.0 / args.rate
     next_at = time.monotonic()
@@ -271,10 +267,8 @@ def _drive_load(args: argparse.Namespace, stop: threading.Event, say: Any) -> No
 
 def _live_view(metrics_url: str, fleet: Fleet, stop: threading.Event, deadline: float | None,
                console: Any) -> None:
+    # lazy: rich costs 13-19 ms (python -X importtime); only a command that draws loads it.
     from rich.live import Live
-
-    from tasker.cli.stats import fetch, one_line, render
-    from tasker.settings import get_settings
 
     token = get_settings().metrics_token
 

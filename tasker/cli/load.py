@@ -7,6 +7,7 @@ import sys
 import time
 from typing import Any
 
+from tasker.celery_app import app
 from tasker.loadgen import DEFAULT_MIX, MixEntry, parse_mix, publish
 
 
@@ -23,9 +24,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # lazy: rich costs 13-19 ms (python -X importtime); only a command that draws loads it.
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    from tasker.celery_app import app
 
     try:
         entries = parse_mix(args.mix)

@@ -14,16 +14,16 @@ import sys
 import traceback
 from collections.abc import Sequence
 
+from tasker.cli import demo, load, migrate, sample, schedule, stats, workflow
 from tasker.cli.failures import describe
 from tasker.errors import EXIT_CONFIG
-from tasker.settings import SettingsError
+from tasker.loader import TaskerLoader
+from tasker.settings import SettingsError, get_settings
 
 __all__ = ["main"]
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from tasker.cli import demo, load, migrate, sample, schedule, stats, workflow
-
     parser = argparse.ArgumentParser(
         prog="tasker", description="A Celery worker fleet with observability built in.")
     parser.add_argument("--debug", action="store_true",
@@ -36,16 +36,12 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _debug_level() -> bool:
     try:
-        from tasker.settings import get_settings
-
         return get_settings().log_level == "DEBUG"
     except Exception:  # noqa: BLE001 - a bad setting is reported on its own
         return False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from tasker.loader import TaskerLoader
-
     parser = _build_parser()
     args = parser.parse_args(argv)
     # The command prints a broken handler module's line itself (with --debug's traceback).

@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from tasker.errors import EXIT_DATABASE, EXIT_FAILED, one_line
+from tasker.migrate import DatabaseUnreachable, MigrationError, migrate
 from tasker.settings import get_settings
 
 
@@ -15,9 +17,6 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tasker.errors import EXIT_DATABASE, EXIT_FAILED, one_line
-    from tasker.migrate import DatabaseUnreachable, MigrationError, migrate
-
     settings = get_settings()
     try:
         applied = migrate(settings.database_url)

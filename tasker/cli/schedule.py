@@ -9,7 +9,9 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
+from tasker.celery_app import app
 from tasker.errors import EXIT_FAILED
+from tasker.schedule_monitor import ScheduleStore, configured_periods
 
 __all__ = ["register", "run", "rows"]
 
@@ -27,9 +29,6 @@ def rows(now: float | None = None) -> list[dict[str, Any]]:
     Raises the store's connection error when the broker's Redis is unreachable
     (``tasker`` prints it on one line with exit code 3, ``EXIT_BROKER``).
     """
-    from tasker.celery_app import app
-    from tasker.schedule_monitor import ScheduleStore, configured_periods
-
     now = time.time() if now is None else now
     store = ScheduleStore.from_settings(timeout=4.0)
     if store is None:
@@ -103,6 +102,7 @@ def _when(ts: float | None) -> str:
 
 
 def _print_table(found: list[dict[str, Any]]) -> None:
+    # lazy: rich costs 13-19 ms (python -X importtime); only a command that draws loads it.
     from rich.console import Console
     from rich.table import Table
 

@@ -60,6 +60,7 @@ def _fmt(value: Any, suffix: str = "") -> str:
 
 
 def render(rows: list[tuple[str, dict[str, Any]]]) -> Any:
+    # lazy: rich costs 13-19 ms (python -X importtime); only a command that draws loads it.
     from rich.table import Table
 
     table = Table(title="tasker nodes")
@@ -95,6 +96,7 @@ def one_line(url: str, snap: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    # lazy: rich costs 13-19 ms (python -X importtime); only a command that draws loads it.
     from rich.console import Console
     from rich.live import Live
 

@@ -7,9 +7,16 @@ import json
 import logging
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+
+from tasker import db
+from tasker.celery_app import app
+from tasker.db import DatabaseError, check_reachable
+from tasker.redact import redact_text
+from tasker.workflows.definition import ContextError, UnknownWorkflowError, get_workflow
 
 
 def register(sub: Any) -> None:
@@ -35,8 +42,7 @@ EXIT_RECORDED_NOT_PUBLISHED = 3
 
 
 def run_submit(args: argparse.Namespace) -> int:
-    from tasker.db import DatabaseError
-    from tasker.workflows.definition import ContextError, UnknownWorkflowError, get_workflow
+    # lazy: the engine and its SQL cost 5 ms (python -X importtime), paid by this command only.
     from tasker.workflows.engine import submit
 
     try:
@@ -45,13 +51,11 @@ def run_submit(args: argparse.Namespace) -> int:
         print(f"tasker submit: --context is not JSON: {exc}", file=sys.stderr)
         return 2
     try:
-        from tasker.db import check_reachable
-
         get_workflow(args.workflow)  # an unknown workflow is reported before the database
         check_reachable()
         with _quiet_broker_logs():
             submission = submit(args.workflow, context, parent_correlation_id=args.parent,
-                                key=args.key)
+                                key=args.key, app=app)
     except (UnknownWorkflowError, ContextError, ValueError) as exc:
         print(f"tasker submit: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
@@ -69,8 +73,6 @@ def run_submit(args: argparse.Namespace) -> int:
         print(f"tasker submit: key {args.key!r} already names request {submission.task_uuid};"
               " nothing new recorded", file=sys.stderr)
     if submission.publish_error is not None:
-        from tasker.redact import redact_text
-
         print(f"tasker submit: recorded as {submission.task_uuid}, but the broker is unreachable"
               f" ({redact_text(submission.publish_error)[:200]}); the recovery poller will"
               " dispatch it (do not resubmit; a retry with the same --key is safe)",
@@ -102,7 +104,7 @@ def _quiet_broker_logs() -> Iterator[None]:
 
 
 def _load(ident: str) -> list[dict[str, Any]]:
-    from tasker import db
+    # lazy: the workflow SQL costs 5 ms (python -X importtime), paid by this command only.
     from tasker.workflows import records
 
     if db.current_pool() is None:
@@ -115,10 +117,6 @@ def _load(ident: str) -> list[dict[str, Any]]:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    import uuid
-
-    from tasker.db import DatabaseError
-
     try:
         uuid.UUID(args.ident)
     except ValueError:
@@ -136,6 +134,7 @@ def run_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(tasks, default=str, indent=2))
         return 0
+    # lazy: rich costs 13-19 ms (python -X importtime); only a command that draws loads it.
     from rich.console import Console
     from rich.table import Table
 

@@ -54,6 +54,7 @@ from celery.signals import (
 )
 from celery.states import SUCCESS
 
+from tasker import db
 from tasker.contracts.prometheus import child_value, histogram_parts
 from tasker.correlation import PUBLISHED_AT_HEADER
 from tasker.metrics.definitions import NATIVE_HISTOGRAMS, TaskMetrics
@@ -419,12 +420,14 @@ _recorder: Recorder | None = None
 
 def activate(recorder: Recorder) -> None:
     """Start recording in this process and, through fork, in its pool processes."""
+    # Celery's signal receivers are plain functions called with the signal's
+    # arguments only: the recorder they record into can only live here.
     global _recorder
     _recorder = recorder
 
 
 def deactivate() -> None:
-    global _recorder
+    global _recorder  # see activate()
     _recorder = None
 
 
@@ -440,8 +443,6 @@ def stop_recording(recorder: Recorder, exc: OSError) -> None:
     workflow steps). So recording stops in this process only; the first
     process of the node to stop logs one error naming the directory.
     """
-    from tasker import db
-
     if os.getpid() == recorder.main_pid:
         # The MainProcess serves the node's scrape and forks every pool
         # process: it never stops recording; this failure counts as any other.

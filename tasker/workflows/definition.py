@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+
+from tasker.registry import discover_handler_modules, registry
 
 __all__ = ["Step", "StepContext", "Workflow", "WorkflowDefinitionError", "ContextError",
            "get_workflow", "workflows", "UnknownWorkflowError"]
@@ -91,8 +94,6 @@ class Workflow:
                 f"workflow {self.full_name} has a cycle: {' -> '.join(cycle)}")
         self._by_name.update({s.name: s for s in self.steps})
         _register(self)
-        from tasker.registry import registry
-
         for s in self.steps:  # step handlers count as the namespace's handlers
             registry.add(self.namespace, f"{self.full_name}.{s.name}")
 
@@ -176,9 +177,5 @@ def get_workflow(full_name: str) -> Workflow:
 
 
 def _import_handlers() -> None:
-    import importlib
-
-    from tasker.registry import discover_handler_modules
-
     for module in discover_handler_modules():
         importlib.import_module(module)
