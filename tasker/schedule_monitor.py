@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -174,6 +175,7 @@ class ScheduleStore:
         url = settings.broker_url
         if not url.startswith(("redis://", "rediss://", "unix://")):
             return None
+        # lazy: only with a Redis broker; redis costs 75 ms (python -X importtime).
         import redis
 
         client = redis.Redis.from_url(url, socket_timeout=timeout,
@@ -230,8 +232,6 @@ _warned: set[str] = set()
 
 
 def _store() -> ScheduleStore | None:
-    import os
-
     pid = os.getpid()
     with _store_lock:
         if pid not in _stores:

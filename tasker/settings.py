@@ -19,6 +19,9 @@ from dataclasses import dataclass, fields
 from typing import TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
 from tasker.metrics.directory import ForeignFilesError, refuse_foreign
 from tasker.redact import MASK, redact_text, redact_url, register_secrets, secrets_in
 
@@ -292,9 +295,6 @@ def _multiproc_dir(raw: str) -> str:
 
 
 def _database_url(raw: str) -> str:
-    import psycopg
-    from psycopg.conninfo import conninfo_to_dict
-
     if "://" not in raw:
         raise SettingsError("keyword conninfo (host=... dbname=...) is not accepted")
     parts = urlsplit(raw)

@@ -41,6 +41,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
 from celery.signals import (
@@ -479,8 +480,6 @@ def _eta_timestamp(request: Any) -> float | None:
     if not eta:
         return None
     try:
-        from datetime import datetime
-
         return datetime.fromisoformat(eta).timestamp() if isinstance(eta, str) else eta.timestamp()
     except (TypeError, ValueError, AttributeError):
         return None

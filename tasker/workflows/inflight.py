@@ -63,7 +63,8 @@ def waiting_steps(queue: str, app: Any, limit: int = MAX_SCAN) -> Counter[str] |
     with app.connection_for_read() as conn:
         if conn.transport.driver_type != "redis":
             return None
-        import redis  # the Redis transport already requires it
+        # lazy: only with a Redis broker (whose transport loads it anyway); 75 ms otherwise.
+        import redis
 
         chan = conn.default_channel
         prefix: str = chan.global_keyprefix or ""
