@@ -6,17 +6,19 @@ statement counts: at module level, inside functions and classes, under
 not from this test. Relative imports are resolved, and ``from tasker import x``
 is an arrow to ``tasker.x`` when ``x`` is a module (else to the package).
 
-The layers, bottom to top (an arrow may only point down or sideways):
+The layers, bottom to top (an arrow points down or sideways, never up):
 
 1. foundations: settings, headers, errors, redact, periodic_queue (and
    ``tasker.metrics.directory``, standard library only, which settings uses to
    check the configured directory);
-2. the pure parts: ``tasker.sampler`` (no metrics recording, no Celery app),
-   metrics core (definitions, values, store, node, recording), db, workflow
-   records and definitions, the handler registry;
-3. Celery-facing modules: signal receivers, bootsteps, tasks. They get the
-   app from Celery (``worker.app``, ``consumer.app``, ``sender.app``,
-   ``self.app``), never by importing it;
+2. the parts without Celery wiring: ``tasker.sampler`` (no metrics recording,
+   no Celery app), the metrics core (definitions, values, node_state, store,
+   node, server), db, workflow records and definitions, the handler registry;
+3. Celery-facing modules: signal receivers (``metrics.recording``,
+   ``metrics.pool_processes``, correlation, tracing, schedule_monitor),
+   bootsteps (``metrics.bootstep``, receipt, periodic, flower_rows, ...) and
+   tasks. They get the app from Celery (``worker.app``, ``consumer.app``,
+   ``sender.app``, ``self.app``), never by importing it;
 4. ``tasker.celery_app``: creates the app and connects layer 3 to it, and
    ``@handler`` (a task of that app);
 5. ``tasker`` (the package): ``celery -A tasker`` finds the app there;
@@ -24,6 +26,10 @@ The layers, bottom to top (an arrow may only point down or sideways):
    ``imports`` setting (``tasker.workflows.engine`` is one: its ``submit()``
    publishes with the package's app when given none; its tasks use
    ``self.app``), and ``tasker.cli`` (the commands, the demo's private servers).
+
+Checked here: no cycle at all; the app imported only from layers 5 and 6; the
+foundations importing only each other; the sampler importing no recording, no
+app and no task; the demo's servers imported only by ``tasker.cli``.
 """
 
 from __future__ import annotations
@@ -37,9 +43,6 @@ import pytest
 
 PACKAGE_DIR = Path(__file__).resolve().parents[2] / "tasker"
 
-#: Modules allowed to import ``tasker.celery_app`` (the assembly): the package
-#: that exposes the app and the commands.
-APP_IMPORTERS = ("tasker", "tasker.cli")
 #: The bottom layer, and what it may import besides itself.
 FOUNDATIONS = ("tasker.settings", "tasker.headers", "tasker.errors", "tasker.redact",
                "tasker.periodic_queue")
@@ -253,7 +256,7 @@ def test_pending_arrows_still_exist() -> None:
 def test_only_the_package_and_the_commands_import_the_app() -> None:
     graph = import_graph()
     arrows = [(a, b, line) for a, targets in graph.items() for b, line in targets.items()
-              if b == "tasker.celery_app" and not _within(a, APP_IMPORTERS)]
+              if b == "tasker.celery_app" and not (a == "tasker" or _within(a, "tasker.cli"))]
     # Below the package nothing imports the package itself (that is the app, too);
     # the task modules Celery loads by name sit above it, as handler modules do.
     above = ("tasker.cli", *task_modules())
@@ -272,9 +275,10 @@ def test_the_foundations_import_nothing_above_them() -> None:
     assert not breaks, "\n".join(breaks)
 
 
-@pytest.mark.parametrize("module", ["tasker.sampler.tasks"])
+@pytest.mark.parametrize("module", ["tasker.sampler.tasks"])  # delete with its PENDING_ARROWS entry
 def test_pending_shims_are_only_shims(module: str) -> None:
     """The old path of a moved module re-exports it and holds nothing else."""
+    assert module in MODULES, f"{module} is gone: remove it from this test"
     tree = ast.parse(MODULES[module].read_text())
     kinds = {type(node).__name__ for node in tree.body}
     assert kinds <= {"Expr", "ImportFrom", "Assign"}, kinds
