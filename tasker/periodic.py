@@ -2,11 +2,12 @@
 
 Beat publishes ``tasker.sample_fleet`` and ``tasker.recover_steps`` to a queue
 of their own (:func:`periodic_queue_name`), which no pool consumer reads. Every
-worker node's MainProcess consumes it with a separate channel (its own
-prefetch, so a node holding its full prefetch of user tasks still takes the
-next periodic message at once). It was beat's messages waiting in ``celery``
-behind a backlog, and expiring there, that made ``tasker_queue_depth`` vanish
-exactly when a backlog formed.
+worker node's MainProcess reads it once a second on a connection of its own
+(:class:`PeriodicWork`), apart from its prefetch of user tasks, so a node
+holding its full prefetch still takes the next periodic message within a
+second. It was beat's messages waiting in ``celery`` behind a backlog, and
+expiring there, that made ``tasker_queue_depth`` vanish exactly when a
+backlog formed.
 
 * ``tasker.sample_fleet`` runs in a thread of the MainProcess: it never waits
   for a free pool process, so pool processes busy with long tasks do not delay
@@ -31,7 +32,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from celery import bootsteps
-from kombu import Consumer, Exchange, Queue
+from kombu import Exchange, Queue
 
 from tasker import schedule_monitor
 
@@ -86,10 +87,26 @@ _RUNNERS: dict[str, Callable[[dict[str, Any]], None]] = {
 }
 #: Handed to the pool, through the consumer's own task handler.
 _TO_POOL = frozenset({"tasker.recover_steps"})
+#: Seconds between two reads of the periodic queue (the longest a message waits).
+POLL_INTERVAL = 1.0
+#: Messages taken in one read at most (beat sends a few per interval).
+READ_AT_MOST = 20
 
 
-class PeriodicWork(bootsteps.ConsumerStep):
-    """Consumer bootstep: the periodic queue, consumed by the MainProcess itself."""
+class PeriodicWork(bootsteps.StartStopStep):
+    """Consumer bootstep: the periodic queue, read by the MainProcess itself.
+
+    Read with a non-blocking get once every :data:`POLL_INTERVAL` seconds on a
+    connection of its own, not consumed: a second consuming channel costs the
+    event loop at every turn, so at every task (kombu's Redis transport walks
+    each consuming channel per turn: about 14,000 instructions per task,
+    ``bench.instructions``), while a read once a second costs the node the
+    same whether it runs one task a second or a thousand. The price is at
+    most :data:`POLL_INTERVAL` seconds before a periodic message is taken.
+    The connection of its own (never registered with the event loop) keeps
+    those reads out of the consumer's poller, and lets the reader run in
+    whatever thread Celery's timer fires in.
+    """
 
     # After the task consumer: its handler takes the messages meant for the pool.
     requires = ("celery.worker.consumer:Connection", "celery.worker.consumer.tasks:Tasks")
@@ -100,24 +117,67 @@ class PeriodicWork(bootsteps.ConsumerStep):
         self._lock = threading.Lock()
         self._consumer: Any = None
         self._to_pool: Callable[[Any], None] | None = None
+        self._timer_entry: Any = None
+        self._connection: Any = None
+        self._queue: Queue | None = None
+        self._bound: Any = None  # the queue bound to a channel of that connection
+        self._reader_failed = False
 
     def start(self, c: Any) -> None:
-        self._consumer = c
-        self._to_pool = None  # made again after a reconnect, as the task loop does
-        super().start(c)
-
-    def get_consumers(self, channel: Any) -> list[Consumer]:
         from tasker.settings import get_settings
 
+        self._consumer = c
+        self._to_pool = None  # made again after a reconnect, as the task loop does
         name = periodic_queue_name(get_settings().step_queue)
         # The same exchange and binding Celery creates for a routed queue it does
         # not know (task_create_missing_queues), so beat's messages land here.
-        queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
-        return [Consumer(channel, queues=[queue], callbacks=[self._on_message],
-                         accept=["json"])]
+        self._queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
+        self._timer_entry = c.timer.call_repeatedly(POLL_INTERVAL, self._read)
 
-    def _on_message(self, body: Any, message: Any) -> None:
-        # Runs in the worker's event loop: hand over and return.
+    def stop(self, c: Any) -> None:
+        entry, self._timer_entry = self._timer_entry, None
+        if entry is not None:
+            entry.cancel()
+        self._close()
+
+    shutdown = stop
+
+    def _read(self) -> None:
+        """Take what the periodic queue holds (at most :data:`READ_AT_MOST` messages)."""
+        try:
+            queue = self._bound_queue()
+            for _ in range(READ_AT_MOST):
+                message = queue.get(no_ack=False, accept=["json"])
+                if message is None:
+                    break
+                self._on_message(message)
+            if self._reader_failed:
+                self._reader_failed = False
+                logger.info("periodic.reading_again")
+        except Exception as exc:  # noqa: BLE001 - never into the event loop; retried next time
+            if not self._reader_failed:  # one line per outage, not one a second
+                self._reader_failed = True
+                logger.warning("periodic.read_failed", extra={"error": repr(exc)[:300]})
+            self._close()
+
+    def _bound_queue(self) -> Queue:
+        if self._connection is None:
+            # Its own connection, without heartbeats (nothing would service them).
+            connection = self._consumer.connection.clone(heartbeat=None)
+            queue = self._queue(connection.default_channel)
+            queue.declare()
+            self._connection, self._bound = connection, queue
+        return self._bound
+
+    def _close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            try:
+                connection.release()
+            except Exception:  # noqa: BLE001 - it is gone either way
+                logger.debug("periodic.close_failed", exc_info=True)
+
+    def _on_message(self, message: Any) -> None:
         headers = dict(message.headers or {})
         task = headers.get("task")
         if task in _TO_POOL:
@@ -141,21 +201,6 @@ class PeriodicWork(bootsteps.ConsumerStep):
             self._running.add(task)
         threading.Thread(target=self._run, args=(task, runner, headers),
                          name=f"tasker-periodic-{task}", daemon=True).start()
-
-    def stop(self, c: Any) -> None:
-        if getattr(c, "connection", None) is None:
-            # After a connection error Celery drops the connection before it
-            # stops the consumer's steps: the channels went with it, there is
-            # nothing to cancel or close (kombu would raise on the None).
-            self.consumers = []
-            return
-        super().stop(c)
-
-    def shutdown(self, c: Any) -> None:
-        if getattr(c, "connection", None) is None:
-            self.consumers = []
-            return
-        super().shutdown(c)
 
     def _run(self, task: str, runner: Callable[[dict[str, Any]], None],
              headers: dict[str, Any]) -> None:
