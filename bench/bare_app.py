@@ -7,7 +7,7 @@ broker-related part of :mod:`tasker.celeryconfig` (serializer, no results,
 timeouts), so a comparison measures tasker's observability and nothing else.
 This module must not import tasker. The one exception is the diagnostic
 variant ``bare_client_reuse`` (``BENCH_REUSE_BROKER_CLIENT=1``), which loads
-the single file ``tasker/broker_client.py`` by path, not the tasker package.
+the single file ``tasker/contracts/kombu_client.py`` by path, not the tasker package.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ register_bench_tasks(app)
 
 
 def _reuse_broker_client() -> None:
-    """Bare Celery plus tasker's broker-client change alone (tasker/broker_client.py)."""
-    path = Path(__file__).resolve().parent.parent / "tasker" / "broker_client.py"
+    """Bare Celery plus tasker's kombu changes alone (tasker/contracts/kombu_client.py)."""
+    path = Path(__file__).resolve().parent.parent / "tasker" / "contracts" / "kombu_client.py"
     spec = importlib.util.spec_from_file_location("bench_broker_client", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

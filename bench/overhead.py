@@ -82,8 +82,14 @@ VARIANTS["tasker_no_received"] = Variant(
 VARIANTS["bare_client_reuse"] = Variant(
     "bare_client_reuse", "bare",
     "bare Celery with tasker's one change to Celery's own work, alone: kombu's Redis "
-    "channel reuses one redis-py client (tasker/broker_client.py)",
+    "channel reuses one redis-py client, skips idle channels in its poller and keeps a "
+    "message's text for its unacked copy (tasker/contracts/kombu_client.py)",
     env=(("BENCH_REUSE_BROKER_CLIENT", "1"),))
+VARIANTS["bare_reuse_tasker_headers"] = Variant(
+    "bare_reuse_tasker_headers", "bare",
+    "bare_client_reuse fed messages carrying headers shaped like tasker's stamps "
+    "(diagnostic: what tasker's bigger message costs Celery's own work)",
+    env=(("BENCH_REUSE_BROKER_CLIENT", "1"),), publish_args=("--tasker-headers",))
 VARIANTS["tasker_own_client"] = Variant(
     "tasker_own_client", "tasker",
     "tasker without that change (TASKER_REUSE_BROKER_CLIENT=false): what tasker's "

@@ -33,7 +33,7 @@ def _tasker_shaped_headers() -> dict[str, Any]:
     """Headers of the size and kind tasker's publisher adds (names and values alike)."""
     import uuid
 
-    return {"tasker_published_at": time.time(), "tasker_delivery": "event",
+    return {"tasker_published_at": f"{time.time():.6f}",
             "tasker_correlation_id": str(uuid.uuid4())}
 
 
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, help="tasks per second (with --duration)")
     parser.add_argument("--duration", type=float)
     parser.add_argument("--tasker-headers", action="store_true",
-                        help="bare app: add headers shaped like the three tasker stamps "
+                        help="bare app: add headers shaped like tasker's two stamps "
                              "(what a message's size costs the worker, without tasker)")
     parser.add_argument("--fail-every", type=int, default=0,
                         help="make every Nth task diagnostics.fail (a mix with failures)")

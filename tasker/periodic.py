@@ -35,25 +35,15 @@ from celery import bootsteps
 from kombu import Exchange, Queue
 
 from tasker import schedule_monitor
+from tasker.contracts import celery_worker
+from tasker.periodic_queue import PERIODIC_QUEUE, periodic_queue_name
 
 __all__ = ["PeriodicWork", "periodic_queue_name", "PERIODIC_QUEUE", "PERIODIC_TASKS"]
 
 logger = logging.getLogger("tasker.periodic")
 
-#: The queue of tasker's periodic work when ``TASKER_STEP_QUEUE`` is the default.
-PERIODIC_QUEUE = "tasker.periodic"
 #: The tasks run from that queue in the MainProcess.
 PERIODIC_TASKS = ("tasker.sample_fleet", "tasker.recover_steps")
-
-
-def periodic_queue_name(step_queue: str) -> str:
-    """``tasker.periodic``, or ``<step queue>.periodic`` for a fleet with its own step queue.
-
-    Why: several fleets that share one broker database set their own step
-    queue; deriving the periodic queue from it keeps one fleet's nodes from
-    running another fleet's sampler and recovery (against the wrong database).
-    """
-    return PERIODIC_QUEUE if step_queue == "celery" else f"{step_queue}.periodic"
 
 
 def _expired(expires: object, now: datetime | None = None) -> bool:
@@ -183,7 +173,7 @@ class PeriodicWork(bootsteps.StartStopStep):
         if task in _TO_POOL:
             if self._to_pool is None:
                 # Celery's own handler of task messages (what the task loop uses).
-                self._to_pool = self._consumer.create_task_handler()
+                self._to_pool = celery_worker.task_handler(self._consumer)
             self._to_pool(message)  # a task like any other from here on (acked when done)
             return
         message.ack()

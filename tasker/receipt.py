@@ -47,6 +47,7 @@ from typing import Any, NamedTuple
 from celery import bootsteps
 from celery.signals import worker_init
 
+from tasker.contracts import celery_worker
 from tasker.correlation import CORRELATION_HEADER, on_receipt
 from tasker.metrics import recording
 
@@ -138,7 +139,9 @@ class Receipt(bootsteps.StartStopStep):
     def start(self, c: Any) -> None:
         recorder = recording.current()
         log_received = _task_logger.isEnabledFor(logging.INFO)
-        strategies = c.strategies
+        strategies = celery_worker.task_strategies(c)
+        if strategies is None:  # not the Celery the contract knows: nothing counted here
+            return
         for name, strategy in list(strategies.items()):
             if not getattr(strategy, _WRAPPED, False):
                 strategies[name] = receiving(name, strategy, recorder, log_received)

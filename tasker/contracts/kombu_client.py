@@ -35,16 +35,32 @@ for kombu 5.7 (whose code this mirrors; other versions keep theirs):
   same events when the loop already has that socket's reader (no exception;
   a socket epoll no longer watches fails it and is registered as before).
 
+**The unacked copy.** kombu's Redis QoS keeps a copy of every message it
+delivers in the ``unacked`` hash (``[message, exchange, routing_key]`` as
+JSON, what it restores from when a worker is lost), and makes it by encoding
+again the message it has just decoded: about 90,000 instructions a message in
+the MainProcess (``bench.instructions``: bare Celery's MainProcess 1,909k ->
+1,818k per task), more for bigger messages (tasker's two headers cost
++17,800 through it and the decoding). The text the message was decoded from
+is that JSON already. So, for kombu 5.7: the transport's ``loads`` keeps the
+text beside a decoded message (a ``dict`` subclass, :class:`_Received`), and
+``QoS.append`` splices it into the copy; a message without one (decoded
+elsewhere) is encoded as before. kombu's ``loads`` reads the copy back
+unchanged.
+
 Installed by :mod:`tasker.celeryconfig` unless ``TASKER_REUSE_BROKER_CLIENT``
-is false (both changes: ``bench.overhead``'s ``bare_client_reuse`` measures
-bare Celery with them).
+is false (all three changes: ``bench.overhead``'s ``bare_client_reuse``
+measures bare Celery with them).
 
 Part of tasker's contract with kombu and redis-py (:mod:`tasker.contracts`):
 the private names used are kombu's ``Channel._create_client``,
 ``Channel._in_poll``, ``MultiChannelPoller._channels``, ``._chan_to_sock``,
 ``._update_brpop_polling``, ``._register_BRPOP``, ``._register_LISTEN``, the
-hub poller's ``_epoll``, and redis-py's ``Connection._sock``.
-:func:`check_create_client` and :func:`check_poller` prove them on the
+hub poller's ``_epoll``, redis-py's ``Connection._sock``, and for the
+unacked copy the transport module's ``loads``, ``QoS.append`` (with
+``Message._raw``, ``QoS.pipe_or_acquire``, ``unacked_key``,
+``unacked_index_key``). :func:`check_create_client`, :func:`check_poller` and
+:func:`check_unacked_copy` prove them on the
 installed versions; :func:`install` runs them first and changes nothing a
 check refuses (kombu's own code runs then: the fallback). This file imports
 nothing from tasker, so that ``bench.bare_app`` can load it alone by path.
@@ -55,7 +71,8 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-__all__ = ["install", "uninstall", "installed", "check_create_client", "check_poller"]
+__all__ = ["install", "uninstall", "installed", "check_create_client", "check_poller",
+           "check_unacked_copy"]
 
 #: Where the cached client lives on a channel: (the pool it was made for, client).
 _CACHE_ATTRIBUTE = "_tasker_sync_client"
@@ -155,6 +172,107 @@ def _modifying_registered_sockets(original: Any) -> Any:
 
     register_with_event_loop.__wrapped__ = original  # type: ignore[attr-defined]
     return register_with_event_loop
+
+
+class _Received(dict):
+    """A message as kombu's Redis transport decoded it, with the JSON text it came as."""
+
+    __slots__ = ("text",)
+
+
+def _keeping_text(original: Any) -> Any:
+    """The transport's ``loads``: a decoded message keeps the text it was decoded from."""
+
+    def loads(s: Any, *args: Any, **kwargs: Any) -> Any:
+        value = original(s, *args, **kwargs)
+        if value.__class__ is dict and s.__class__ is str and not args and not kwargs:
+            kept = _Received(value)
+            kept.text = s
+            return kept
+        return value  # the restore path's [message, exchange, routing_key], other callers
+
+    loads.__wrapped__ = original  # type: ignore[attr-defined]
+    return loads
+
+
+def _appending_kept_text(original: Any, base_append: Any) -> Any:
+    """``QoS.append`` (kombu 5.7's, see :func:`check_unacked_copy`) without the re-encoding.
+
+    Between ``loads`` and this call kombu only reads the message (its
+    ``Message.__init__``), so the kept text is what kombu would encode; the
+    exchange and routing key are encoded as kombu does (``json.dumps``).
+    """
+    import json
+    import time
+
+    dumps, now = json.dumps, time.time
+
+    def append(self: Any, message: Any, delivery_tag: Any) -> None:
+        raw = message._raw
+        if raw.__class__ is not _Received:
+            return original(self, message, delivery_tag)
+        delivery = message.delivery_info
+        copy = f"[{raw.text}, {dumps(delivery['exchange'])}, {dumps(delivery['routing_key'])}]"
+        with self.pipe_or_acquire() as pipe:
+            pipe.zadd(self.unacked_index_key, {delivery_tag: now()}) \
+                .hset(self.unacked_key, delivery_tag, copy) \
+                .execute()
+            base_append(self, message, delivery_tag)  # kombu's virtual QoS.append
+
+    append.__wrapped__ = original  # type: ignore[attr-defined]
+    return append
+
+
+#: sha256 (first 16 hex digits) of the kombu 5.7.0 code the unacked copy
+#: relies on: QoS.append (mirrored), the virtual channel's basic_consume and
+#: basic_get and Message.__init__ (nothing between loads and append changes
+#: the message), and the Redis channel's _brpop_read and _get (loads
+#: straight from the text read). Other code: kombu's own.
+_UNACKED_SOURCE = "44bc379f958a5ac9"
+
+
+def _unacked_source_digest() -> str:
+    import hashlib
+
+    from kombu.transport import redis as kombu_redis
+    from kombu.transport import virtual
+
+    parts = (getattr(kombu_redis.QoS.append, "__wrapped__", kombu_redis.QoS.append),
+             virtual.Channel.basic_consume, virtual.Channel.basic_get,
+             virtual.Message.__init__, kombu_redis.Channel._brpop_read,
+             kombu_redis.Channel._get)
+    source = "".join(inspect.getsource(f) for f in parts)
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+def check_unacked_copy() -> None:
+    """The kombu code the unacked copy mirrors and relies on is the installed code."""
+    from kombu.transport import redis as kombu_redis
+    from kombu.transport import virtual
+
+    digest = _unacked_source_digest()
+    if digest != _UNACKED_SOURCE:
+        raise AssertionError(f"kombu's unacked-copy code is not the code mirrored ({digest})")
+    loads = getattr(kombu_redis.loads, "__wrapped__", kombu_redis.loads)
+    if not callable(loads):
+        raise AssertionError("kombu.transport.redis.loads is gone")
+    if virtual.QoS.append.__qualname__ != "QoS.append":
+        raise AssertionError("the virtual QoS has no append of its own")
+
+
+def _unacked_copy_classes() -> Any:
+    try:
+        import kombu
+        from kombu.transport import redis as kombu_redis
+    except ImportError:  # pragma: no cover - kombu without the redis extra
+        return None
+    if not kombu.__version__.startswith(_POLLER_KOMBU):
+        return None
+    try:
+        check_unacked_copy()
+    except Exception:  # noqa: BLE001 - another shape: kombu's own encoding
+        return None
+    return kombu_redis
 
 
 def _poller_classes() -> tuple[Any, Any] | None:
@@ -265,6 +383,14 @@ def install() -> bool:
         if not hasattr(transport.register_with_event_loop, "__wrapped__"):
             transport.register_with_event_loop = _modifying_registered_sockets(
                 transport.register_with_event_loop)
+    module = _unacked_copy_classes()
+    if module is not None:
+        if not hasattr(module.loads, "__wrapped__"):
+            module.loads = _keeping_text(module.loads)
+        if not hasattr(module.QoS.append, "__wrapped__"):
+            from kombu.transport import virtual
+
+            module.QoS.append = _appending_kept_text(module.QoS.append, virtual.QoS.append)
     return True
 
 
@@ -280,3 +406,9 @@ def uninstall() -> None:
             cycle.on_poll_start = cycle.on_poll_start.__wrapped__
         if hasattr(transport.register_with_event_loop, "__wrapped__"):
             transport.register_with_event_loop = transport.register_with_event_loop.__wrapped__
+    module = _unacked_copy_classes()
+    if module is not None:
+        if hasattr(module.loads, "__wrapped__"):
+            module.loads = module.loads.__wrapped__
+        if hasattr(module.QoS.append, "__wrapped__"):
+            module.QoS.append = module.QoS.append.__wrapped__

@@ -119,3 +119,82 @@ def test_the_worker_configuration_installs_it_unless_turned_off() -> None:
                              text=True, timeout=60, check=True)
         results[value] = out.stdout.strip()
     assert results == {"": "True", "false": "False"}
+
+
+def _kombu_copy(name: str) -> list[Any]:
+    """The unacked hash's one entry, read back the way kombu restores it."""
+    from kombu.utils.json import loads
+
+    (entry,) = _unacked(name).values()
+    return loads(entry.decode())
+
+
+def test_the_unacked_copy_is_the_message_as_published(
+        reuse: None, connection: tuple[Connection, str]) -> None:
+    """The copy kombu restores from is the published text itself, whatever it holds.
+
+    Hostile content for a text spliced into JSON: quotes, backslashes,
+    non-ASCII, control characters, kombu's own typed values (a datetime,
+    bytes) and a routing key that needs escaping.
+    """
+    import datetime
+
+    conn, name = connection
+    headers = {"tasker_correlation_id": "0192a3b4-c5d6-7e8f-9a0b-1c2d3e4f5a6b",
+               "quote": 'say "hi" \\ there', "accents": "é中\u2028", "ctrl": "\x01\t"}
+    body = {"text": "]} , \"x\" {[", "when": datetime.datetime(2026, 12, 2, 9, 0, 0),
+            "blob": b"\x00\xff"}
+    producer = conn.Producer()
+    producer.publish(body, routing_key=name, headers=headers, serializer="json",
+                     declare=[conn.SimpleQueue(name).queue])
+    raw_published = redis.Redis.from_url(REDIS_URL).lindex(name, 0)
+    queue = conn.SimpleQueue(name)
+    try:
+        message = queue.get(timeout=5)
+        copy = _kombu_copy(name)
+        from kombu.utils.json import loads
+
+        assert copy == [loads(raw_published.decode()), "", name]
+        assert message.headers == {**headers}
+        assert message.payload == body
+        # Restored (as after a lost worker) and taken again: the same message.
+        message.channel.qos.restore_unacked()
+        again = queue.get(timeout=5)
+        assert {k: v for k, v in again.headers.items() if k != "redelivered"} == headers
+        assert again.payload == body
+        again.ack()
+        assert _unacked(name) == {}
+    finally:
+        queue.close()
+
+
+def test_a_message_from_a_foreign_producer_is_restored_unchanged(
+        reuse: None, connection: tuple[Connection, str]) -> None:
+    """A JSON text kombu did not write (compact, escaped non-ASCII) is kept as it came."""
+    import base64
+    import json
+
+    conn, name = connection
+    body = base64.b64encode(json.dumps({"n": 1}).encode()).decode()
+    properties = {"body_encoding": "base64", "delivery_tag": str(uuid.uuid4()),
+                  "delivery_info": {"exchange": "", "routing_key": name}, "priority": 0}
+    text = ('{"body":"' + body + '","content-encoding":"utf-8",'
+            '"content-type":"application/json","headers":{"who":"caf\\u00e9"},'
+            '"properties":' + json.dumps(properties, separators=(",", ":")) + "}")
+    queue = conn.SimpleQueue(name)
+    try:
+        redis.Redis.from_url(REDIS_URL).lpush(name, text)
+        message = queue.get(timeout=5)
+        assert message.headers == {"who": "café"} and message.payload == {"n": 1}
+        assert _kombu_copy(name)[0] == json.loads(text)
+        # Not encoded again: the copy holds the very text that was taken.
+        (entry,) = _unacked(name).values()
+        assert entry.decode().startswith(f"[{text},"), entry[:120]
+        message.channel.qos.restore_unacked()
+        assert redis.Redis.from_url(REDIS_URL).lindex(name, 0) is not None
+        again = queue.get(timeout=5)
+        assert again.headers == {"who": "café", "redelivered": True}  # kombu marks it
+        assert again.payload == {"n": 1}
+        again.ack()
+    finally:
+        queue.close()

@@ -21,7 +21,7 @@ import redis
 from support import http_get, total, wait_for
 from tcp_proxy import TcpProxy
 
-from tasker.embedded import EmbeddedRedis
+from tasker.cli.embedded_services import EmbeddedRedis
 from tasker.periodic import PERIODIC_QUEUE, POLL_INTERVAL
 
 
