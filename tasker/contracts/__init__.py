@@ -14,8 +14,8 @@ per library or concern:
   so the class itself lives here);
 * :mod:`~tasker.contracts.kombu_redis`: the Redis priority list keys, the
   timer's entries;
-* :mod:`~tasker.contracts.kombu_client`: the broker client reuse and the
-  poller turn (kombu's and redis-py's private attributes);
+* :mod:`~tasker.contracts.kombu_client`: the broker client reuse, the
+  poller turn and the unacked copy (kombu's and redis-py's private names);
 * :mod:`~tasker.contracts.celery_worker`: the current task, the consumer's
   handlers and strategies, billiard's process index.
 
@@ -52,6 +52,10 @@ def touches() -> tuple[Touch, ...]:
         Touch("kombu", "Channel._create_client (one redis-py client per channel)",
               kombu_client.check_create_client,
               fallback="kombu builds a redis-py client per command, as without tasker"),
+        Touch("kombu", "QoS.append (the unacked copy made from the text received)",
+              kombu_client.check_unacked_copy,
+              fallback="kombu encodes each message again for its unacked copy, as without "
+                       "tasker"),
         *celery_worker.TOUCHES,
     )
 

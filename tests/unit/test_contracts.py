@@ -221,6 +221,35 @@ def test_a_channel_without_create_client_is_left_as_it_is(
             kombu_client.install()
 
 
+def test_unacked_copy_of_other_kombu_code_is_kombus_own(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The unacked copy mirrors kombu 5.7.0's ``QoS.append``: other code keeps kombu's own."""
+    from kombu.transport import redis as kombu_redis
+
+    from tasker.contracts import kombu_client
+
+    was = kombu_client.installed()
+    kombu_client.uninstall()
+    try:
+        assert not hasattr(kombu_redis.QoS.append, "__wrapped__")
+        monkeypatch.setattr(kombu_client, "_UNACKED_SOURCE", "0" * 16)  # "another kombu"
+        lines = contracts.check()
+        assert len(lines) == 1, lines
+        _one_line_naming(lines[0], "kombu", "QoS.append", "falling back", "encodes")
+        assert kombu_client.install() is True  # the client reuse still goes in
+        assert not hasattr(kombu_redis.QoS.append, "__wrapped__")
+        assert not hasattr(kombu_redis.loads, "__wrapped__")
+        monkeypatch.undo()
+        kombu_client.uninstall()
+        assert kombu_client.install() is True
+        assert hasattr(kombu_redis.QoS.append, "__wrapped__")
+    finally:
+        monkeypatch.undo()
+        kombu_client.uninstall()
+        if was:
+            kombu_client.install()
+
+
 # -- celery -----------------------------------------------------------------------
 
 
