@@ -102,8 +102,8 @@ VARIANTS["tasker_plain_client"] = Variant(
     publisher="bare")
 VARIANTS["tasker_no_periodic"] = Variant(
     "tasker_no_periodic", "tasker",
-    "tasker without its periodic-work consumer in the MainProcess (diagnostic: what a "
-    "second consuming channel costs the event loop)",
+    "tasker without its periodic-work reader in the MainProcess (diagnostic: what "
+    "reading tasker.periodic costs)",
     worker_args=("--include", "bench.no_periodic_consumer"))
 VARIANTS["tasker_plain_no_periodic"] = Variant(
     "tasker_plain_no_periodic", "tasker",
