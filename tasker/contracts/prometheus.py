@@ -31,6 +31,8 @@ import os
 import struct
 import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, mmap_dict, values
@@ -173,7 +175,30 @@ def check_file_layout(mmaped_dict: type | None = None) -> None:
             cls.close_all_files()
 
 
+@contextmanager
+def _probe_values() -> Iterator[None]:
+    """The probes' metrics keep their values in memory, whatever the process's mode.
+
+    With ``PROMETHEUS_MULTIPROC_DIR`` set before start, prometheus_client's
+    value class writes a file per metric type into that directory, named
+    after the pid: files the node's own start then refuses as not tasker's.
+    The checks run at ``worker_init``, single-threaded, before any metric of
+    the node exists.
+    """
+    previous = values.ValueClass
+    values.ValueClass = values.MutexValue
+    try:
+        yield
+    finally:
+        values.ValueClass = previous
+
+
 def check_children() -> None:
+    with _probe_values():
+        _check_children()
+
+
+def _check_children() -> None:
     """A child's values are where :func:`child_value` and :func:`histogram_parts` look.
 
     Proven through the public ``collect()``: what is added through them is
@@ -211,6 +236,11 @@ def check_children() -> None:
 
 def check_label_lock() -> None:
     """A labelled metric guards its children with a ``_lock`` that ``labels()`` takes."""
+    with _probe_values():
+        _check_label_lock()
+
+
+def _check_label_lock() -> None:
     global _label_lock_known
     counter = Counter("tasker_probe", "Probe.", ["l"], registry=None)
     lock = getattr(counter, "_lock", None)
