@@ -21,24 +21,23 @@ from celery import Celery
 from celery.signals import beat_init, setup_logging
 from click.core import ParameterSource
 
+# Imported for their side effect of connecting Celery signal receivers too.
+from tasker import correlation, schedule_monitor, tracing, worker_process  # noqa: F401
+from tasker.broker_health import BrokerConnected
+from tasker.broker_loss import SurviveBrokerLoss
+from tasker.decode_errors import DecodeErrorCounter
+from tasker.flower_rows import FlowerRows
 from tasker.logs import configure_logging
+from tasker.metrics import pool_processes, recording  # noqa: F401
+from tasker.metrics.bootstep import TaskerMetricsStep
+from tasker.periodic import PeriodicWork
+from tasker.receipt import Receipt
 from tasker.registry import namespace_of, registry
 from tasker.settings import get_settings
 
 # tasker's loader prints one line for a handler module that does not import.
 app = Celery("tasker", task_cls="tasker.task:TaskerTask", loader="tasker.loader:TaskerLoader")
 app.config_from_object("tasker.celeryconfig")
-
-# Imported for their side effect of connecting Celery signal receivers.
-from tasker import correlation, receipt, schedule_monitor, tracing, worker_process  # noqa: E402,F401,E501
-from tasker.broker_health import BrokerConnected  # noqa: E402
-from tasker.broker_loss import SurviveBrokerLoss  # noqa: E402
-from tasker.decode_errors import DecodeErrorCounter  # noqa: E402
-from tasker.flower_rows import FlowerRows  # noqa: E402
-from tasker.metrics import pool_processes, recording  # noqa: E402,F401
-from tasker.metrics.bootstep import TaskerMetricsStep  # noqa: E402
-from tasker.periodic import PeriodicWork  # noqa: E402
-from tasker.receipt import Receipt  # noqa: E402
 
 app.steps["worker"].add(TaskerMetricsStep)
 app.steps["consumer"].add(Receipt)  # counts and checks each message as Celery hands it over
