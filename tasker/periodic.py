@@ -36,6 +36,7 @@ from kombu import Exchange, Queue
 
 from tasker import schedule_monitor
 from tasker.contracts import celery_worker
+from tasker.headers import PUBLISHED_AT_HEADER
 from tasker.periodic_queue import PERIODIC_QUEUE, periodic_queue_name
 
 __all__ = ["PeriodicWork", "periodic_queue_name", "PERIODIC_QUEUE", "PERIODIC_TASKS"]
@@ -58,23 +59,19 @@ def _expired(expires: object, now: datetime | None = None) -> bool:
     return (now or datetime.now(timezone.utc)) > when
 
 
-def _run_sample(headers: dict[str, Any]) -> None:
-    from tasker.correlation import PUBLISHED_AT_HEADER
-    from tasker.sampler.tasks import sample_fleet
-
+def _run_in_thread(task: Any, headers: dict[str, Any]) -> None:
+    """Run ``task`` (the app's own task object) here, with the message's publish stamp."""
     # The task reads the publish stamp from its request (its stale check);
     # the request stack is thread-local, so this thread has its own.
-    sample_fleet.push_request(**{PUBLISHED_AT_HEADER: headers.get(PUBLISHED_AT_HEADER)})
+    task.push_request(**{PUBLISHED_AT_HEADER: headers.get(PUBLISHED_AT_HEADER)})
     try:
-        sample_fleet.run()
+        task.run()
     finally:
-        sample_fleet.pop_request()
+        task.pop_request()
 
 
 #: Run in a thread of the MainProcess.
-_RUNNERS: dict[str, Callable[[dict[str, Any]], None]] = {
-    "tasker.sample_fleet": _run_sample,
-}
+_IN_THREAD = frozenset({"tasker.sample_fleet"})
 #: Handed to the pool, through the consumer's own task handler.
 _TO_POOL = frozenset({"tasker.recover_steps"})
 #: Seconds between two reads of the periodic queue (the longest a message waits).
@@ -177,8 +174,7 @@ class PeriodicWork(bootsteps.StartStopStep):
             self._to_pool(message)  # a task like any other from here on (acked when done)
             return
         message.ack()
-        runner = _RUNNERS.get(task) if isinstance(task, str) else None
-        if runner is None:
+        if task not in _IN_THREAD:
             logger.warning("periodic.unknown_task", extra={"task": str(task)[:200]})
             return
         if _expired(headers.get("expires")):
@@ -189,11 +185,10 @@ class PeriodicWork(bootsteps.StartStopStep):
                 logger.info("periodic.still_running", extra={"task": task})
                 return
             self._running.add(task)
-        threading.Thread(target=self._run, args=(task, runner, headers),
+        threading.Thread(target=self._run, args=(task, headers),
                          name=f"tasker-periodic-{task}", daemon=True).start()
 
-    def _run(self, task: str, runner: Callable[[dict[str, Any]], None],
-             headers: dict[str, Any]) -> None:
+    def _run(self, task: str, headers: dict[str, Any]) -> None:
         try:
             # A beat entry's start, as task_prerun records it for pool tasks
             # (Celery sends no task signal for work run here).
@@ -201,7 +196,7 @@ class PeriodicWork(bootsteps.StartStopStep):
         except Exception:  # noqa: BLE001 - monitoring must never stop the round
             logger.debug("periodic.schedule_record_failed", exc_info=True)
         try:
-            runner(headers)
+            _run_in_thread(self._consumer.app.tasks[task], headers)
         except Exception:  # noqa: BLE001 - a failed round must never reach the event loop
             logger.exception("periodic.failed", extra={"task": task})
         finally:

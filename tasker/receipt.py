@@ -45,7 +45,6 @@ from collections.abc import Callable, MutableMapping
 from typing import Any, NamedTuple
 
 from celery import bootsteps
-from celery.signals import worker_init
 
 from tasker.contracts import celery_worker
 from tasker.correlation import CORRELATION_HEADER, on_receipt
@@ -145,16 +144,3 @@ class Receipt(bootsteps.StartStopStep):
         for name, strategy in list(strategies.items()):
             if not getattr(strategy, _WRAPPED, False):
                 strategies[name] = receiving(name, strategy, recorder, log_received)
-
-
-@worker_init.connect(weak=False)
-def _add_receipt_step(sender: Any = None, **_: Any) -> None:
-    """Add :class:`Receipt` to tasker's consumer (before Celery builds the consumer).
-
-    A signal rather than a line in :mod:`tasker.celery_app` so that everything
-    about receipt is in this module; only tasker's own app gets the step.
-    """
-    from tasker.celery_app import app
-
-    if getattr(sender, "app", None) is app:
-        app.steps["consumer"].add(Receipt)

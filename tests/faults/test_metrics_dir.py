@@ -270,8 +270,8 @@ def test_allocation_failure_stops_recording_once(tmp_path: Path, monkeypatch: py
     from prometheus_client import values
 
     from tasker import db
-    from tasker.metrics import mmap_files, pool_processes, recording
     from tasker.contracts import mmap_values as tasker_values
+    from tasker.metrics import mmap_files, pool_processes, recording
     from tasker.metrics.definitions import create_metrics
     from tasker.metrics.node_state import NodeState
 

@@ -39,8 +39,6 @@ import collections
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 PACKAGE_DIR = Path(__file__).resolve().parents[2] / "tasker"
 
 #: The bottom layer, and what it may import besides itself.
@@ -57,11 +55,6 @@ NOT_FOR_THE_SAMPLER = ("tasker.metrics.recording", "tasker.celery_app", "tasker.
 #: arrow is gone fails :func:`test_pending_arrows_still_exist`, so the list
 #: only shrinks. Add nothing here.
 PENDING_ARROWS: dict[tuple[str, str], str] = {
-    ("tasker.receipt", "tasker.celery_app"):
-        "delete receipt._add_receipt_step: tasker.celery_app adds the Receipt step itself",
-    ("tasker.sampler.tasks", "tasker.tasks.fleet_sampler"):
-        "the old path, kept for tasker.periodic: import tasker.tasks.fleet_sampler there "
-        "(better: consumer.app.tasks['tasker.sample_fleet']) and delete tasker/sampler/tasks.py",
     ("tasker.sampler.broker", "tasker.metrics.recording"):
         "sample_queues() takes an on_queue_error callback from tasker.tasks.fleet_sampler "
         "instead of counting into the recorder itself",
@@ -273,15 +266,6 @@ def test_the_foundations_import_nothing_above_them() -> None:
     arrows += [(a, b, line) for a in FOUNDATIONS_MAY_IMPORT for b, line in graph[a].items()]
     breaks = _breaks("the foundations import only each other", arrows)
     assert not breaks, "\n".join(breaks)
-
-
-@pytest.mark.parametrize("module", ["tasker.sampler.tasks"])  # delete with its PENDING_ARROWS entry
-def test_pending_shims_are_only_shims(module: str) -> None:
-    """The old path of a moved module re-exports it and holds nothing else."""
-    assert module in MODULES, f"{module} is gone: remove it from this test"
-    tree = ast.parse(MODULES[module].read_text())
-    kinds = {type(node).__name__ for node in tree.body}
-    assert kinds <= {"Expr", "ImportFrom", "Assign"}, kinds
 
 
 def test_the_sampler_is_pure() -> None:
