@@ -58,9 +58,6 @@ PENDING_ARROWS: dict[tuple[str, str], str] = {
     ("tasker.sampler.broker", "tasker.metrics.recording"):
         "sample_queues() takes an on_queue_error callback from tasker.tasks.fleet_sampler "
         "instead of counting into the recorder itself",
-    ("tasker.contracts.prometheus", "tasker.contracts.mmap_values"):
-        "a cycle (mmap_values imports entry_end from prometheus): the probe that builds "
-        "a value class goes with mmap_values, or gets the class as an argument",
 }
 
 
