@@ -80,7 +80,7 @@ def receiving(name: str, strategy: Strategy, recorder: recording.Recorder | None
             Celery decides for its own "Received task" line).
     """
     #: In-memory counts of the recorder, by the message's (exchange, routing key).
-    counts: dict[tuple[Any, Any], list[Any]] = {}
+    counts: dict[tuple[Any, Any], recording.ReceivedCount] = {}
     watching = True  # no message without an id seen yet (see the module doc)
 
     def tasker_receipt(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any) -> Any:
@@ -106,8 +106,8 @@ def receiving(name: str, strategy: Strategy, recorder: recording.Recorder | None
                     if entry is not None:
                         counts[key] = entry
                 if entry is not None:
-                    # Only this thread (the event loop) changes entry[0]; the flush reads it.
-                    entry[0] += 1
+                    # Only this thread (the event loop) changes it; the flush reads it.
+                    entry.counted += 1
             except Exception:  # noqa: BLE001 - a count must never fail a message
                 entry = None
                 # The recorder's own path, which counts and logs its failures.
@@ -117,7 +117,7 @@ def receiving(name: str, strategy: Strategy, recorder: recording.Recorder | None
             return strategy(message, body, ack, reject, callbacks)
         except BaseException:
             if entry is not None:  # Celery refused the message (invalid): not received
-                entry[0] -= 1
+                entry.counted -= 1
             raise
 
     setattr(tasker_receipt, _WRAPPED, True)

@@ -146,6 +146,19 @@ class _TaskSeries:
         return cls(add, *values)
 
 
+@dataclass(slots=True)
+class ReceivedCount:
+    """A received counter's series and what the MainProcess counted for it in memory.
+
+    ``counted`` is changed by the event loop's thread alone (:mod:`tasker.receipt`);
+    :meth:`Recorder.flush_received` reads it and folds what is new into the counter.
+    """
+
+    series: Any
+    counted: int = 0  # messages counted received (less those Celery refused)
+    folded: int = 0  # how many of them are in the counter already
+
+
 class Recorder:
     """Per-process recording state: metric objects plus label caches.
 
@@ -180,8 +193,8 @@ class Recorder:
         self._started: dict[str, tuple[float, _TaskSeries]] = {}
         self._series: dict[tuple[str, str | None, str | None], _TaskSeries] = {}
         # MainProcess: messages received per (task, exchange, routing key), each
-        # [counted, folded into the counter, the counter's series]; see on_received.
-        self._received: dict[tuple[str | None, str | None, str | None], list[Any]] = {}
+        # The in-memory received counts by (task, exchange, routing key); see on_received.
+        self._received: dict[tuple[str | None, str | None, str | None], ReceivedCount] = {}
         self._flush_lock = threading.Lock()
         self._exceptions: set[str] = set()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
@@ -335,18 +348,18 @@ class Recorder:
         node calls before every reading (scrape, JSON, ``inspect stats``) and
         once a second: a counter update in the metric file costs the node's
         bottleneck about a microsecond per message, an addition a tenth of it.
-        Only this thread adds to ``entry[0]``; the flush only reads it, so no
-        count is lost to a race.
+        Only this thread adds to ``entry.counted``; the flush only reads it, so
+        no count is lost to a race.
         """
         entry = self.received_entry(request.name, request.delivery_info)
         if entry is not None:
-            entry[0] += 1
+            entry.counted += 1
 
     def received_entry(self, task_name: str | None,
-                       delivery_info: Mapping[str, Any] | None) -> list[Any] | None:
-        """The in-memory count of (task, exchange, routing key): ``[counted, flushed, series]``.
+                       delivery_info: Mapping[str, Any] | None) -> ReceivedCount | None:
+        """The in-memory count of (task, exchange, routing key).
 
-        The caller adds to ``entry[0]`` (from the event loop's thread only;
+        The caller adds to ``entry.counted`` (from the event loop's thread only;
         :mod:`tasker.receipt` keeps the entries it was given). None once
         10,000 keys are kept (bounded, as the series cache): then this call
         counted the message in the counter itself.
@@ -360,23 +373,23 @@ class Recorder:
             if len(self._received) >= 10_000:
                 series.inc()
                 return None
-            entry = self._received[key] = [0, 0, series]
+            entry = self._received[key] = ReceivedCount(series)
         return entry
 
     def flush_received(self) -> None:
         """Fold the received counts kept in memory into their counter (any thread)."""
         with self._flush_lock:
             for entry in list(self._received.values()):  # a copy: the receiver may add keys
-                counted = entry[0]
+                counted = entry.counted
                 # Below what was written: a count taken back (an invalid message)
                 # after it was written; the next message makes up for it.
-                if counted > entry[1]:
+                if counted > entry.folded:
                     try:
-                        entry[2].inc(counted - entry[1])
+                        entry.series.inc(counted - entry.folded)
                     except Exception as exc:  # noqa: BLE001 - a reading must still answer
                         _record_failed(self, "received", exc)
                         continue  # kept in memory: written at the next flush
-                    entry[1] = counted
+                    entry.folded = counted
 
     def on_revoked(self, task: Any, request: Any) -> None:
         name = getattr(request, "task", None) or getattr(task, "name", None)

@@ -347,7 +347,7 @@ def test_allocation_failure_stops_recording_once(tmp_path: Path, monkeypatch: py
         recorder.flush_received()  # writing it fails: must not raise (a scrape calls this)
         assert recording.current() is recorder
         # The count is kept in memory, to be written by a later flush.
-        assert [entry[0] - entry[1] for entry in recorder._received.values()] == [1]
+        assert [entry.counted - entry.folded for entry in recorder._received.values()] == [1]
     finally:
         recording.deactivate()
     assert [r for r in caplog.records if r.getMessage() == "metrics.record_failed"

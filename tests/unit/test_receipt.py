@@ -10,6 +10,7 @@ import pytest
 
 from tasker import correlation, receipt
 from tasker.correlation import CORRELATION_HEADER, is_valid_correlation_id
+from tasker.metrics.recording import ReceivedCount
 
 VALID = "0190a6e5-4c1e-7d2a-8b3c-1234567890ab"
 
@@ -18,19 +19,19 @@ class FakeRecorder:
     """The one method receipt uses: an entry per (task, exchange, routing key)."""
 
     def __init__(self, bound: int = 10_000) -> None:
-        self.entries: dict[tuple[Any, ...], list[Any]] = {}
+        self.entries: dict[tuple[Any, ...], ReceivedCount] = {}
         self.direct: list[tuple[Any, ...]] = []
         self.bound = bound
 
-    def received_entry(self, name: str, info: dict[str, Any]) -> list[Any] | None:
+    def received_entry(self, name: str, info: dict[str, Any]) -> ReceivedCount | None:
         key = (name, info.get("exchange"), info.get("routing_key"))
         if key not in self.entries and len(self.entries) >= self.bound:
             self.direct.append(key)
             return None
-        return self.entries.setdefault(key, [0, 0, None])
+        return self.entries.setdefault(key, ReceivedCount(None))
 
     def counted(self) -> dict[tuple[Any, ...], int]:
-        return {k: v[0] for k, v in self.entries.items()}
+        return {k: v.counted for k, v in self.entries.items()}
 
 
 def _message(queue: str = "q", **headers: Any) -> types.SimpleNamespace:

@@ -88,14 +88,14 @@ def test_a_count_taken_back_after_it_was_written_is_made_up_by_the_next(
     """tasker.receipt counts before Celery's handler and takes the count back when Celery
     refuses the message; a flush in between must not make the counter go down."""
     entry = recorder.received_entry("a", {"exchange": "", "routing_key": "q1"})
-    entry[0] += 1
+    entry.counted += 1
     recorder.flush_received()  # written: 1
-    entry[0] -= 1  # Celery refused it after all
+    entry.counted -= 1  # Celery refused it after all
     recorder.flush_received()  # nothing written: a counter never goes down
     assert _received_in_files(tmp_path)[("a", "q1")] == 1
-    entry[0] += 1  # the next message
+    entry.counted += 1  # the next message
     recorder.flush_received()
     assert _received_in_files(tmp_path)[("a", "q1")] == 1  # exact again
-    entry[0] += 1
+    entry.counted += 1
     recorder.flush_received()
     assert _received_in_files(tmp_path)[("a", "q1")] == 2
