@@ -19,13 +19,14 @@ it is never replaced by ``-1`` or a made-up ``0``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
 import re
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -91,6 +92,7 @@ def sample_queues(
     connection: kombu.Connection,
     queues: Sequence[str],
     now: float | None = None,
+    on_queue_error: Callable[[str, str], None] | None = None,
 ) -> dict[str, QueueSample]:
     """Sample ``queues`` on the broker of ``connection``; keys are queue names.
 
@@ -98,6 +100,9 @@ def sample_queues(
     result, as is a Redis queue whose key holds something other than a list;
     a Redis queue with no list at any level has depth 0 (Redis cannot tell
     "absent" from "empty"). ``now`` (Unix seconds) defaults to ``time.time()``.
+    A queue that cannot be read while the others can is logged
+    (``sample.queue_failed``) and passed to ``on_queue_error(queue, reason)``
+    (the node counts it; this module records nothing itself).
 
     Raises :class:`BrokerSampleError` when the broker cannot be reached or
     answers with an error, and for a transport other than Redis or AMQP.
@@ -106,7 +111,7 @@ def sample_queues(
     now = time.time() if now is None else now
     driver = connection.transport.driver_type
     if driver == "redis":
-        sampler = _sample_redis
+        sampler = functools.partial(_sample_redis, on_queue_error=on_queue_error)
     elif driver == "amqp":
         sampler = _sample_amqp
     else:
@@ -136,7 +141,8 @@ def sample_queues(
 
 
 def _sample_redis(
-    conn: kombu.Connection, queues: list[str], now: float
+    conn: kombu.Connection, queues: list[str], now: float,
+    on_queue_error: Callable[[str, str], None] | None = None,
 ) -> dict[str, QueueSample]:
     import redis  # the Redis transport already requires it
 
@@ -172,13 +178,14 @@ def _sample_redis(
     unacked: dict[str, int] | None = None
     if rest:
         unacked = _unacked_from_reply(client, rest[0], queues, prefix + chan.keyprefix_queue,
-                                      chan.sep)
+                                      chan.sep, on_queue_error)
 
     out: dict[str, QueueSample] = {}
     for queue, (depth, head) in zip(levels, _pairs(replies), strict=True):
         if depth < 0:
             # A key of another type: this queue cannot be read, the rest can.
-            _count_queue_error(queue, "a priority-level key of the queue is not a list")
+            _queue_failed(queue, "a priority-level key of the queue is not a list",
+                          on_queue_error)
             continue
         stamp = _published_at(head)
         out[queue] = QueueSample(
@@ -192,27 +199,26 @@ def _sample_redis(
     return out
 
 
-def _count_queue_error(queue: str, reason: str) -> None:
-    """One queue could not be sampled: log it and count it, the others go on."""
+def _queue_failed(queue: str, reason: str,
+                  on_queue_error: Callable[[str, str], None] | None) -> None:
+    """One queue could not be sampled: log it and tell the caller; the others go on."""
     logger.warning("sample.queue_failed", extra={"queue": queue, "reason": reason})
-    try:
-        from tasker.metrics import recording
-
-        recorder = recording.current()
-        if recorder is not None:
-            recorder.child(recorder.metrics.metrics_errors, "sample_queue").inc()
-    except Exception:  # noqa: BLE001 - counting must never fail a sample
-        logger.debug("sample.queue_error_not_counted", exc_info=True)
+    if on_queue_error is not None:
+        try:
+            on_queue_error(queue, reason)
+        except Exception:  # noqa: BLE001 - counting must never fail a sample
+            logger.debug("sample.queue_error_not_counted", exc_info=True)
 
 
 def _unacked_from_reply(client: Any, reply: Any, queues: list[str], binding_key_fmt: str,
-                        sep: str) -> dict[str, int] | None:
+                        sep: str, on_queue_error: Callable[[str, str], None] | None = None
+                        ) -> dict[str, int] | None:
     """Unacked count per queue from ``_UNACKED_SCRIPT``'s reply; None when not exact."""
     if isinstance(reply, Exception) or not reply or reply[0] != b"ok":
         reason = str(reply) if isinstance(reply, Exception) else "kombu's unacked hash or " \
             "index has the wrong type"
         for queue in queues:  # unknown for every queue; depths stay
-            _count_queue_error(queue, f"unacked unknown: {reason}")
+            _queue_failed(queue, f"unacked unknown: {reason}", on_queue_error)
         return None
     if int(reply[1]) > 0:
         # Deliveries not yet attributed (a first sample, or a burst bigger than

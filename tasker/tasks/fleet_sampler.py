@@ -132,15 +132,23 @@ def _timed(source: str, fn: Callable[[], dict[str, Any]]) -> SourceResult:
     return result
 
 
+def _count_queue_error(queue: str, reason: str) -> None:
+    """A queue the sampler could not read (it logged why): counted in the node's errors."""
+    recorder = recording.current()
+    if recorder is not None:
+        recorder.child(recorder.metrics.metrics_errors, "sample_queue").inc()
+
+
 def _sample_broker(app: Any, settings: Settings) -> dict[str, Any]:
     queues = fleet_queue_names(app, settings)
     options = dict(app.conf.broker_transport_options or {})
     with Connection(settings.broker_url, connect_timeout=3, transport_options=options) as conn:
-        samples = sample_queues(conn, queues)
+        samples = sample_queues(conn, queues, on_queue_error=_count_queue_error)
     discovered = discover_consumed_queues(app) - set(queues)
     if discovered:
         with Connection(settings.broker_url, connect_timeout=3, transport_options=options) as conn:
-            samples.update(sample_queues(conn, sorted(discovered)))
+            samples.update(sample_queues(conn, sorted(discovered),
+                                         on_queue_error=_count_queue_error))
     return {"queues": {name: {"depth": s.depth,
                               "oldest_message_age_seconds": s.oldest_message_age_seconds,
                               "unacked": s.unacked, "consumers": s.consumers}

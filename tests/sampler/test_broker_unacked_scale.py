@@ -126,57 +126,34 @@ def test_fifty_thousand_held_messages_cost_little_per_sample(private_redis, clie
 
 
 def test_a_wrongly_typed_unacked_key_costs_only_the_unacked_counts(client, private_redis,
-                                                                   caplog, monkeypatch):
-    counted = _count_errors(monkeypatch)
+                                                                   caplog):
+    failed: list[tuple[str, str]] = []
     client.lpush("a", b"{}")
     client.lpush("b", b"{}")
     client.set("unacked", "not a hash")
     with kombu.Connection(private_redis.url) as conn, caplog.at_level(logging.WARNING):
-        result = sample_queues(conn, ["a", "b"])
+        result = sample_queues(conn, ["a", "b"],
+                               on_queue_error=lambda q, why: failed.append((q, why)))
     assert {q: (s.depth, s.unacked) for q, s in result.items()} == {"a": (1, None),
                                                                      "b": (1, None)}
-    assert counted == ["sample_queue", "sample_queue"]
+    assert [q for q, _ in failed] == ["a", "b"]  # each queue's unacked count, told once
+    assert all("unacked unknown" in why for _, why in failed), failed
     assert any(r.getMessage() == "sample.queue_failed" for r in caplog.records)
 
 
-def test_a_wrongly_typed_queue_key_costs_only_its_queue(client, private_redis, caplog,
-                                                        monkeypatch):
-    counted = _count_errors(monkeypatch)
+def test_a_wrongly_typed_queue_key_costs_only_its_queue(client, private_redis, caplog):
+    told: list[str] = []
     hold(client, ["good"], 3)
     client.lpush("good", b"{}")
     client.hset("bad", "field", "a hash where kombu keeps a list")
     with kombu.Connection(private_redis.url) as conn, caplog.at_level(logging.WARNING):
-        result = sample_queues(conn, ["good", "bad"])
+        result = sample_queues(conn, ["good", "bad"],
+                               on_queue_error=lambda q, why: told.append(q))
     assert set(result) == {"good"}
     assert (result["good"].depth, result["good"].unacked) == (1, 3)
-    assert counted == ["sample_queue"]
+    assert told == ["bad"]
     failed = [r for r in caplog.records if r.getMessage() == "sample.queue_failed"]
     assert [getattr(r, "queue", None) for r in failed] == ["bad"]
-
-
-def _count_errors(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Stand-in for the node's recorder: collects tasker_metrics_errors_total{stage} incs."""
-    from tasker.metrics import recording
-
-    counted: list[str] = []
-
-    class Child:
-        def __init__(self, stage: str) -> None:
-            self.stage = stage
-
-        def inc(self) -> None:
-            counted.append(self.stage)
-
-    class Recorder:
-        class metrics:  # noqa: N801 - mirrors Recorder.metrics
-            metrics_errors = object()
-
-        @staticmethod
-        def child(metric: object, stage: str) -> Child:
-            return Child(stage)
-
-    monkeypatch.setattr(recording, "current", lambda: Recorder())
-    return counted
 
 
 def test_unacked_route_tail_parsing_in_the_script_matches_kombu(client, private_redis) -> None:

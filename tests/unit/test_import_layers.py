@@ -55,9 +55,6 @@ NOT_FOR_THE_SAMPLER = ("tasker.metrics.recording", "tasker.celery_app", "tasker.
 #: arrow is gone fails :func:`test_pending_arrows_still_exist`, so the list
 #: only shrinks. Add nothing here.
 PENDING_ARROWS: dict[tuple[str, str], str] = {
-    ("tasker.sampler.broker", "tasker.metrics.recording"):
-        "sample_queues() takes an on_queue_error callback from tasker.tasks.fleet_sampler "
-        "instead of counting into the recorder itself",
 }
 
 
