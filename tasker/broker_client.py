@@ -1,4 +1,4 @@
-"""One redis-py client per kombu Redis channel, and a shorter poller turn.
+"""tasker's changes to kombu's Redis transport (client per channel, poller turn, unacked copy).
 
 Moved into tasker's contract with kombu: :mod:`tasker.contracts.kombu_client`
 (what it changes and why is told there). This module keeps the names
