@@ -85,7 +85,7 @@ def uuid7() -> str:
     on every call, so a forked child counting on from its parent's state (or
     two threads racing here) still makes distinct ids.
     """
-    global _last_ms, _last_counter
+    global _last_ms, _last_counter  # the generator's order is per process by definition
     ms = time.time_ns() // 1_000_000
     rand = int.from_bytes(os.urandom(10), "big")
     if ms > _last_ms:
@@ -223,7 +223,7 @@ def on_receipt(task_name: str, headers: MutableMapping[str, Any], log_received: 
     ``task.received`` is not logged (until one was given an id and logged).
     Never raises.
     """
-    global _logged_missing
+    global _logged_missing  # once per process
     try:
         given = headers.get(CORRELATION_HEADER)
         # Protocol 2 only (a protocol 1 request is built from the body, not these headers).

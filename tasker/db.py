@@ -58,7 +58,7 @@ _observer: PoolObserver = PoolObserver()
 
 
 def set_observer(observer: PoolObserver) -> None:
-    global _observer
+    global _observer  # one per process; Celery's task signals reach the pool only here
     _observer = observer
 
 
@@ -94,7 +94,7 @@ def _check_pooled(conn: psycopg.Connection) -> None:
 
 def open_pool(settings: Settings | None = None, *, wait: bool = False) -> ConnectionPool:
     """Open this process's pool (idempotent); connections are made in the background."""
-    global _pool, _pool_pid
+    global _pool, _pool_pid  # one pool per process (never across a fork); tasks get no handle
     settings = settings or get_settings()
     with _lock:
         if _pool is not None and _pool_pid == os.getpid():
@@ -143,7 +143,7 @@ def current_pool() -> ConnectionPool | None:
 
 def close_pool() -> None:
     """Close this process's pool, if it owns one."""
-    global _pool, _pool_pid
+    global _pool, _pool_pid  # one pool per process (never across a fork); tasks get no handle
     with _lock:
         pool, owner = _pool, _pool_pid
         _pool, _pool_pid = None, None

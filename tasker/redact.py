@@ -58,7 +58,7 @@ def _forms(secret: str) -> set[str]:
 
 def register_secrets(*secrets: str | None) -> None:
     """Remember secrets that :func:`redact_text` must remove wherever they appear."""
-    global _secrets
+    global _secrets  # read by logging formatters and error paths, which get no handle
     new: set[str] = set()
     for secret in secrets:
         if secret:

@@ -40,7 +40,7 @@ def tracing_enabled() -> bool:
 
 def setup_tracing(settings: Settings | None = None) -> bool:
     """Set up tracing in this process (idempotent); False when off or not installed."""
-    global _setup_pid
+    global _setup_pid  # OpenTelemetry's provider is process-wide: set up once per process (pid)
     settings = settings or get_settings()
     if not settings.otel_enabled:
         return False

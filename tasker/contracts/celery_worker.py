@@ -114,7 +114,7 @@ def pool_process_index() -> int | None:
 
 
 def check_current_task() -> None:
-    global current_task
+    global current_task  # the start check picks the function callers use
     from celery import Celery
 
     app = Celery("tasker-contract-probe", set_as_current=False)

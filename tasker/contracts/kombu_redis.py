@@ -72,7 +72,7 @@ def check_priority_keys() -> None:
 
 
 def check_timer() -> None:
-    global _timer_known
+    global _timer_known  # the start check's outcome, read by module functions
     from kombu.asynchronous.timer import Timer
 
     _timer_known = True

@@ -54,7 +54,7 @@ _fork_generation = 0
 
 
 def _after_fork_in_child() -> None:
-    global _fork_generation
+    global _fork_generation  # os.register_at_fork hooks take no arguments
     _fork_generation += 1
 
 

@@ -204,7 +204,7 @@ def _check_children() -> None:
     Proven through the public ``collect()``: what is added through them is
     what prometheus_client reports.
     """
-    global _children_reachable
+    global _children_reachable  # the start check's outcome, read by module functions
     _children_reachable = True
     counter = Counter("tasker_probe", "Probe.", ["l"], registry=None)
     gauge = Gauge("tasker_probe_g", "Probe.", ["l"], registry=None,
@@ -241,7 +241,7 @@ def check_label_lock() -> None:
 
 
 def _check_label_lock() -> None:
-    global _label_lock_known
+    global _label_lock_known  # the start check's outcome, read at every fork
     counter = Counter("tasker_probe", "Probe.", ["l"], registry=None)
     lock = getattr(counter, "_lock", None)
     # A plain Lock, as renew_label_lock makes (an RLock replaced by one could deadlock).

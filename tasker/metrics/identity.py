@@ -58,7 +58,7 @@ def process_identifier() -> str:
     times per task), so it must not make a system call: the cache is cleared in
     the child at every fork instead of comparing ``os.getpid()`` each time.
     """
-    global _cached_pid, _cached_identity
+    global _cached_pid, _cached_identity  # per process; the at-fork hook (no arguments) resets it
     if _cached_pid < 0:
         pid = os.getpid()
         _cached_identity = identity_of(pid) or str(pid)
@@ -67,7 +67,7 @@ def process_identifier() -> str:
 
 
 def _forget_after_fork() -> None:
-    global _cached_pid
+    global _cached_pid  # see process_identifier()
     _cached_pid = -1
 
 

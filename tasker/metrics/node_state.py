@@ -76,7 +76,7 @@ _forks_seen = 0
 
 
 def _count_fork() -> None:
-    global _forks_seen
+    global _forks_seen  # os.register_at_fork hooks take no arguments: module state
     _forks_seen += 1
 
 
