@@ -15,6 +15,10 @@ import sys
 from datetime import datetime, timezone
 from typing import Any
 
+from celery import current_task
+from celery.app import trace
+
+from tasker.correlation import current_correlation_id, current_parent_correlation_id
 from tasker.redact import redact_text
 
 __all__ = ["configure_logging", "JsonFormatter", "TextFormatter", "CeleryEventNames",
@@ -26,10 +30,6 @@ _RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"a
 
 def task_context() -> dict[str, Any]:
     """Fields describing the task running in this context (empty outside a task)."""
-    from celery import current_task
-
-    from tasker.correlation import current_correlation_id, current_parent_correlation_id
-
     fields: dict[str, Any] = {}
     cid = current_correlation_id()
     if cid:
@@ -63,8 +63,6 @@ class CeleryEventNames(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
-        from celery.app import trace
-
         self._events = {
             trace.LOG_SUCCESS: ("task.succeeded", None),
             # LOG_FAILURE and LOG_INTERNAL_ERROR are the same format string;

@@ -38,6 +38,7 @@ from tasker import schedule_monitor
 from tasker.contracts import celery_worker
 from tasker.headers import PUBLISHED_AT_HEADER
 from tasker.periodic_queue import PERIODIC_QUEUE, periodic_queue_name
+from tasker.settings import get_settings
 
 __all__ = ["PeriodicWork", "periodic_queue_name", "PERIODIC_QUEUE", "PERIODIC_TASKS"]
 
@@ -111,8 +112,6 @@ class PeriodicWork(bootsteps.StartStopStep):
         self._reader_failed = False
 
     def start(self, c: Any) -> None:
-        from tasker.settings import get_settings
-
         self._consumer = c
         self._to_pool = None  # made again after a reconnect, as the task loop does
         name = periodic_queue_name(get_settings().step_queue)

@@ -49,6 +49,7 @@ def setup_tracing(settings: Settings | None = None) -> bool:
             return True
         try:
             provider = _provider(settings)
+            # optional: the otel extra (imported only when tracing is on)
             from opentelemetry import trace
             from opentelemetry.instrumentation.celery import CeleryInstrumentor
         except ImportError as exc:
@@ -70,6 +71,7 @@ def setup_tracing(settings: Settings | None = None) -> bool:
 
 
 def _provider(settings: Settings) -> Any:
+    # optional: the otel extra (imported only when tracing is on)
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
     from opentelemetry.sdk.trace.export import (
@@ -106,9 +108,12 @@ def _provider(settings: Settings) -> Any:
     if settings.otel_file:
         provider.add_span_processor(SimpleSpanProcessor(JsonLinesExporter(settings.otel_file)))
     else:
+        # optional: the otel extra (imported only when tracing is on)
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         if settings.otel_protocol == "grpc":
+
+            # optional: the otel extra (imported only when tracing is on)
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
                 OTLPSpanExporter as GrpcExporter,
             )
@@ -130,6 +135,7 @@ def _tag_consumer_span(**_: Any) -> None:
 def _tag_current_span(cid: object) -> None:
     if not cid or not tracing_enabled():
         return
+    # optional: the otel extra (imported only when tracing is on)
     from opentelemetry import trace
 
     span = trace.get_current_span()

@@ -100,6 +100,8 @@ def redis_reachable(url: str, timeout: float = 1.0) -> bool:
     # lazy: a test may use only one of the two servers; redis costs 75 ms
     # (python -X importtime), psycopg 52 ms.
     import redis
+
+    # lazy: redis-py costs about 75 ms to import; needed only to probe a private server
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 

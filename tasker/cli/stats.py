@@ -98,7 +98,7 @@ def one_line(url: str, snap: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     # lazy: rich costs 13-19 ms (python -X importtime); only a command that draws loads it.
     from rich.console import Console
-    from rich.live import Live
+    from rich.live import Live  # lazy: rich costs 13-19 ms; only the live view draws
 
     settings = get_settings()
     urls = args.urls or [f"127.0.0.1:{settings.metrics_port}"]

@@ -136,7 +136,7 @@ def run_status(args: argparse.Namespace) -> int:
         return 0
     # lazy: rich costs 13-19 ms (python -X importtime); only a command that draws loads it.
     from rich.console import Console
-    from rich.table import Table
+    from rich.table import Table  # lazy: rich costs 13-19 ms; only this output draws
 
     console = Console()
     for task in tasks:

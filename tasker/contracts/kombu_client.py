@@ -68,7 +68,10 @@ nothing from tasker, so that ``bench.bare_app`` can load it alone by path.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
+import time
 from typing import Any
 
 __all__ = ["install", "uninstall", "installed", "check_create_client", "check_poller",
@@ -102,7 +105,7 @@ def _reusing(original: Any) -> Any:
 
 def _channel_class() -> Any:
     try:
-        from kombu.transport import redis as kombu_redis
+        from kombu.transport import redis as kombu_redis  # lazy: 69 ms, Redis brokers only
     except ImportError:  # pragma: no cover - kombu without the redis extra
         return None
     return kombu_redis.Channel
@@ -147,7 +150,7 @@ def _modifying_registered_sockets(original: Any) -> Any:
         modify = getattr(epoll, "modify", None)
         if len(added) != 1 or modify is None:
             return result  # not the kombu this mirrors: keep its step
-        from kombu.asynchronous.hub import ERR, READ
+        from kombu.asynchronous.hub import ERR, READ  # loaded with the hub already
 
         cycle = self.cycle
         poll_start = cycle.on_poll_start
@@ -202,8 +205,6 @@ def _appending_kept_text(original: Any, base_append: Any) -> Any:
     ``Message.__init__``), so the kept text is what kombu would encode; the
     exchange and routing key are encoded as kombu does (``json.dumps``).
     """
-    import json
-    import time
 
     dumps, now = json.dumps, time.time
 
@@ -232,10 +233,9 @@ _UNACKED_SOURCE = "44bc379f958a5ac9"
 
 
 def _unacked_source_digest() -> str:
-    import hashlib
 
-    from kombu.transport import redis as kombu_redis
-    from kombu.transport import virtual
+    from kombu.transport import redis as kombu_redis  # lazy: 69 ms, Redis brokers only
+    from kombu.transport import virtual  # lazy: with the Redis transport
 
     parts = (getattr(kombu_redis.QoS.append, "__wrapped__", kombu_redis.QoS.append),
              virtual.Channel.basic_consume, virtual.Channel.basic_get,
@@ -247,8 +247,8 @@ def _unacked_source_digest() -> str:
 
 def check_unacked_copy() -> None:
     """The kombu code the unacked copy mirrors and relies on is the installed code."""
-    from kombu.transport import redis as kombu_redis
-    from kombu.transport import virtual
+    from kombu.transport import redis as kombu_redis  # lazy: 69 ms, Redis brokers only
+    from kombu.transport import virtual  # lazy: with the Redis transport
 
     digest = _unacked_source_digest()
     if digest != _UNACKED_SOURCE:
@@ -262,8 +262,8 @@ def check_unacked_copy() -> None:
 
 def _unacked_copy_classes() -> Any:
     try:
-        import kombu
-        from kombu.transport import redis as kombu_redis
+        import kombu  # beside the transport it checks (loaded already)
+        from kombu.transport import redis as kombu_redis  # lazy: 69 ms, Redis brokers only
     except ImportError:  # pragma: no cover - kombu without the redis extra
         return None
     if not kombu.__version__.startswith(_POLLER_KOMBU):
@@ -277,8 +277,8 @@ def _unacked_copy_classes() -> Any:
 
 def _poller_classes() -> tuple[Any, Any] | None:
     try:
-        import kombu
-        from kombu.transport import redis as kombu_redis
+        import kombu  # beside the transport it checks (loaded already)
+        from kombu.transport import redis as kombu_redis  # lazy: 69 ms, Redis brokers only
     except ImportError:  # pragma: no cover - kombu without the redis extra
         return None
     if not kombu.__version__.startswith(_POLLER_KOMBU):
@@ -310,9 +310,8 @@ _POLLER_SOURCE = "dbc6f7639326ca3f"
 
 
 def _poller_source_digest() -> str:
-    import hashlib
 
-    from kombu.transport import redis as kombu_redis
+    from kombu.transport import redis as kombu_redis  # lazy: 69 ms, Redis brokers only
 
     cycle, transport = kombu_redis.MultiChannelPoller, kombu_redis.Transport
     parts = (getattr(cycle.on_poll_start, "__wrapped__", cycle.on_poll_start),
@@ -326,9 +325,9 @@ def _poller_source_digest() -> str:
 def check_poller() -> None:
     """The kombu code the poller change mirrors is the installed code, and the
     private attributes it reads are there (kombu's and redis-py's)."""
-    import redis
-    from kombu.transport import redis as kombu_redis
-    from kombu.utils.eventio import poll
+    import redis  # lazy: redis-py is needed only with a Redis broker
+    from kombu.transport import redis as kombu_redis  # lazy: 69 ms, Redis brokers only
+    from kombu.utils.eventio import poll  # beside the check that uses it (loaded already)
 
     digest = _poller_source_digest()
     if digest != _POLLER_SOURCE:
@@ -388,7 +387,7 @@ def install() -> bool:
         if not hasattr(module.loads, "__wrapped__"):
             module.loads = _keeping_text(module.loads)
         if not hasattr(module.QoS.append, "__wrapped__"):
-            from kombu.transport import virtual
+            from kombu.transport import virtual  # lazy: with the Redis transport
 
             module.QoS.append = _appending_kept_text(module.QoS.append, virtual.QoS.append)
     return True

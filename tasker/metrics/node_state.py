@@ -43,6 +43,7 @@ import struct
 import threading
 from dataclasses import dataclass
 
+from tasker.contracts.celery_worker import pool_process_index
 from tasker.metrics.trackers import SlidingWindowRate, ema_update
 
 __all__ = ["NodeState", "NodeStateReading", "FILE_NAME"]
@@ -98,10 +99,7 @@ def _nan_max(a: float, b: float) -> float:
 
 def _pool_index() -> int | None:
     """This process's index in a billiard (prefork) pool, or None elsewhere."""
-    from billiard.process import current_process
-
-    index = getattr(current_process(), "index", None)
-    return index if isinstance(index, int) and index >= 0 else None
+    return pool_process_index()
 
 
 class _Slot:
