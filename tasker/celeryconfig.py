@@ -21,8 +21,11 @@ except _SettingsError as _exc:
     print(f"tasker: configuration error: {_exc}", file=_sys.stderr)
     raise SystemExit(2) from None
 
-if _settings.reuse_broker_client:
-    _broker_client.install()  # see tasker/broker_client.py: ~0.2 ms of MainProcess CPU per task
+# tasker's changes to kombu's Redis transport (tasker/contracts/kombu_client.py);
+# another broker never loads that transport (69 ms to import).
+if _settings.reuse_broker_client and _settings.broker_url.split(":", 1)[0].split("+")[0] in (
+        "redis", "rediss", "sentinel"):
+    _broker_client.install()
 
 broker_url = _settings.broker_url
 result_backend = _settings.result_backend

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from types import SimpleNamespace
@@ -33,6 +34,7 @@ from typing import Any
 
 from celery import bootsteps
 from kombu import Exchange, Queue
+from kombu.serialization import prepare_accept_content
 
 from tasker import schedule_monitor
 from tasker.contracts import celery_worker
@@ -79,6 +81,10 @@ _TO_POOL = frozenset({"tasker.recover_steps"})
 POLL_INTERVAL = 1.0
 #: Messages taken in one read at most (beat sends a few per interval).
 READ_AT_MOST = 20
+#: The longest wait between two reads while reading fails (seconds).
+MAX_BACKOFF = 30.0
+#: Content types a periodic message may have (as the task consumer accepts).
+_ACCEPT = prepare_accept_content(["json"])
 
 
 class PeriodicWork(bootsteps.StartStopStep):
@@ -107,9 +113,12 @@ class PeriodicWork(bootsteps.StartStopStep):
         self._to_pool: Callable[[Any], None] | None = None
         self._timer_entry: Any = None
         self._connection: Any = None
+        self._channel: Any = None  # a channel of that connection
         self._queue: Queue | None = None
-        self._bound: Any = None  # the queue bound to a channel of that connection
-        self._reader_failed = False
+        self._stopped = True
+        self._failing = False  # the last read failed (said once per outage)
+        self._backoff = POLL_INTERVAL  # seconds to the next read after a failure
+        self._retry_at = 0.0  # time.monotonic() before which no read is tried
 
     def start(self, c: Any) -> None:
         self._consumer = c
@@ -118,45 +127,94 @@ class PeriodicWork(bootsteps.StartStopStep):
         # The same exchange and binding Celery creates for a routed queue it does
         # not know (task_create_missing_queues), so beat's messages land here.
         self._queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
+        self._stopped = False
         self._timer_entry = c.timer.call_repeatedly(POLL_INTERVAL, self._read)
 
     def stop(self, c: Any) -> None:
+        """No more reads; the connection stays open for the acks of tasks in flight.
+
+        A ``tasker.recover_steps`` handed to the pool is acked on this
+        connection when it ends, which may be after the consumer stopped (Celery
+        keeps its own connection open through ``stop`` for the same reason);
+        closing it here would also put that message back for a second run.
+        """
+        self._stopped = True  # a timer already firing (another thread) reads nothing
         entry, self._timer_entry = self._timer_entry, None
         if entry is not None:
             entry.cancel()
+
+    def shutdown(self, c: Any) -> None:
+        self.stop(c)
         self._close()
 
-    shutdown = stop
-
     def _read(self) -> None:
-        """Take what the periodic queue holds (at most :data:`READ_AT_MOST` messages)."""
-        try:
-            queue = self._bound_queue()
-            for _ in range(READ_AT_MOST):
-                message = queue.get(no_ack=False, accept=["json"])
-                if message is None:
-                    break
-                self._on_message(message)
-            if self._reader_failed:
-                self._reader_failed = False
-                logger.info("periodic.reading_again")
-        except Exception as exc:  # noqa: BLE001 - never into the event loop; retried next time
-            if not self._reader_failed:  # one line per outage, not one a second
-                self._reader_failed = True
-                logger.warning("periodic.read_failed", extra={"error": repr(exc)[:300]})
-            self._close()
+        """Take what the periodic queue holds (at most :data:`READ_AT_MOST` messages).
 
-    def _bound_queue(self) -> Queue:
+        Never raises into the event loop. A message that cannot be handled is
+        dropped with a line (it would otherwise come back first at every read,
+        holding up every sample and recovery behind it, fleet-wide); a read
+        that fails is said once per outage and tried again after a back-off
+        (doubling up to :data:`MAX_BACKOFF` seconds: a broker that refuses new
+        connections must not cost the event loop a connect every second).
+        """
+        if self._stopped or time.monotonic() < self._retry_at:
+            return
+        try:
+            channel = self._open_channel()
+            for _ in range(READ_AT_MOST):
+                raw = channel.basic_get(queue=self._queue.name, no_ack=False)
+                if raw is None:
+                    break
+                self._take(channel.message_to_python(raw))
+        except Exception as exc:  # noqa: BLE001 - never into the event loop
+            self._read_failed(exc)
+            return
+        if self._failing:
+            self._failing = False
+            logger.info("periodic.reading_again")
+        self._backoff, self._retry_at = POLL_INTERVAL, 0.0
+
+    def _take(self, message: Any) -> None:
+        """Handle one message; one that cannot be handled is dropped, not put back."""
+        try:
+            if message.errors:  # e.g. a body that does not decompress
+                raise ValueError(str(message.errors[0])[:200])
+            message.accept = _ACCEPT  # only JSON, as the task consumer takes
+            self._on_message(message)
+        except Exception as exc:  # noqa: BLE001 - one bad message must not stop the queue
+            logger.warning("periodic.message_dropped", extra={
+                "error": repr(exc)[:300],
+                "task": str((getattr(message, "headers", None) or {}).get("task"))[:200]})
+            if not message.acknowledged:
+                message.reject(requeue=False)
+
+    def _read_failed(self, exc: BaseException) -> None:
+        if not self._failing:  # one line per outage, not one a second
+            self._failing = True
+            logger.warning("periodic.read_failed", extra={"error": repr(exc)[:300]})
+        self._backoff = min(self._backoff * 2, MAX_BACKOFF)
+        self._retry_at = time.monotonic() + self._backoff
+        connection = self._connection
+        errors = (connection.connection_errors + connection.channel_errors
+                  if connection is not None else ())
+        if connection is None or isinstance(exc, errors):
+            self._close()  # a new connection at the next read; other errors keep this one
+
+    def _open_channel(self) -> Any:
         if self._connection is None:
-            # Its own connection, without heartbeats (nothing would service them).
+            # Its own connection, without heartbeats (nothing would service them),
+            # one connect attempt per read (kombu would retry with sleeps, in the
+            # event loop's thread).
             connection = self._consumer.connection.clone(heartbeat=None)
-            queue = self._queue(connection.default_channel)
-            queue.declare()
-            self._connection, self._bound = connection, queue
-        return self._bound
+            self._connection = connection
+            connection.ensure_connection(max_retries=0)
+            channel = connection.channel()
+            self._queue(channel).declare()
+            self._channel = channel
+        return self._channel
 
     def _close(self) -> None:
-        connection, self._connection = self._connection, None
+        connection, self._connection, self._channel = self._connection, None, None
         if connection is not None:
             try:
                 connection.release()

@@ -105,7 +105,7 @@ def _reusing(original: Any) -> Any:
 
 def _channel_class() -> Any:
     try:
-        from kombu.transport import redis as kombu_redis  # lazy: 69 ms, Redis brokers only
+        from kombu.transport import redis as kombu_redis  # lazy: 69 ms (node start, Redis broker)
     except ImportError:  # pragma: no cover - kombu without the redis extra
         return None
     return kombu_redis.Channel
@@ -210,44 +210,53 @@ def _appending_kept_text(original: Any, base_append: Any) -> Any:
 
     def append(self: Any, message: Any, delivery_tag: Any) -> None:
         raw = message._raw
-        if raw.__class__ is not _Received:
+        text = raw.text if raw.__class__ is _Received else None
+        if text is None:  # decoded elsewhere, or its copy made already: kombu's own way
             return original(self, message, delivery_tag)
         delivery = message.delivery_info
-        copy = f"[{raw.text}, {dumps(delivery['exchange'])}, {dumps(delivery['routing_key'])}]"
+        copy = f"[{text}, {dumps(delivery['exchange'])}, {dumps(delivery['routing_key'])}]"
         with self.pipe_or_acquire() as pipe:
             pipe.zadd(self.unacked_index_key, {delivery_tag: now()}) \
                 .hset(self.unacked_key, delivery_tag, copy) \
                 .execute()
             base_append(self, message, delivery_tag)  # kombu's virtual QoS.append
+        raw.text = None  # not needed again: a reserved message keeps one copy, not two
 
     append.__wrapped__ = original  # type: ignore[attr-defined]
     return append
 
 
 #: sha256 (first 16 hex digits) of the kombu 5.7.0 code the unacked copy
-#: relies on: QoS.append (mirrored), the virtual channel's basic_consume and
-#: basic_get and Message.__init__ (nothing between loads and append changes
-#: the message), and the Redis channel's _brpop_read and _get (loads
-#: straight from the text read). Other code: kombu's own.
-_UNACKED_SOURCE = "44bc379f958a5ac9"
+#: relies on: QoS.append (mirrored); everything between the text read and
+#: append (the virtual channel's basic_consume and basic_get, both Message
+#: classes' __init__, the transport's _deliver and _reject_inbound_message:
+#: nothing changes the message); the Redis channel's _brpop_read, _get and
+#: _receive_one and kombu's json loads (the message decoded straight from the
+#: text read). Other code: kombu's own.
+_UNACKED_SOURCE = "11f064509c21598f"
 
 
 def _unacked_source_digest() -> str:
 
-    from kombu.transport import redis as kombu_redis  # lazy: 69 ms, Redis brokers only
+    from kombu import message as kombu_message  # beside the transport (loaded already)
+    from kombu.transport import redis as kombu_redis  # lazy: 69 ms (node start, Redis broker)
     from kombu.transport import virtual  # lazy: with the Redis transport
+    from kombu.utils import json as kombu_json
 
     parts = (getattr(kombu_redis.QoS.append, "__wrapped__", kombu_redis.QoS.append),
              virtual.Channel.basic_consume, virtual.Channel.basic_get,
-             virtual.Message.__init__, kombu_redis.Channel._brpop_read,
-             kombu_redis.Channel._get)
+             virtual.Message.__init__, kombu_message.Message.__init__,
+             virtual.Transport._deliver, virtual.Transport._reject_inbound_message,
+             kombu_redis.Channel._brpop_read, kombu_redis.Channel._get,
+             kombu_redis.Channel._receive_one,
+             getattr(kombu_json.loads, "__wrapped__", kombu_json.loads))
     source = "".join(inspect.getsource(f) for f in parts)
     return hashlib.sha256(source.encode()).hexdigest()[:16]
 
 
 def check_unacked_copy() -> None:
     """The kombu code the unacked copy mirrors and relies on is the installed code."""
-    from kombu.transport import redis as kombu_redis  # lazy: 69 ms, Redis brokers only
+    from kombu.transport import redis as kombu_redis  # lazy: 69 ms (node start, Redis broker)
     from kombu.transport import virtual  # lazy: with the Redis transport
 
     digest = _unacked_source_digest()
@@ -263,7 +272,7 @@ def check_unacked_copy() -> None:
 def _unacked_copy_classes() -> Any:
     try:
         import kombu  # beside the transport it checks (loaded already)
-        from kombu.transport import redis as kombu_redis  # lazy: 69 ms, Redis brokers only
+        from kombu.transport import redis as kombu_redis  # lazy: 69 ms (node start, Redis broker)
     except ImportError:  # pragma: no cover - kombu without the redis extra
         return None
     if not kombu.__version__.startswith(_POLLER_KOMBU):
@@ -278,7 +287,7 @@ def _unacked_copy_classes() -> Any:
 def _poller_classes() -> tuple[Any, Any] | None:
     try:
         import kombu  # beside the transport it checks (loaded already)
-        from kombu.transport import redis as kombu_redis  # lazy: 69 ms, Redis brokers only
+        from kombu.transport import redis as kombu_redis  # lazy: 69 ms (node start, Redis broker)
     except ImportError:  # pragma: no cover - kombu without the redis extra
         return None
     if not kombu.__version__.startswith(_POLLER_KOMBU):
@@ -311,7 +320,7 @@ _POLLER_SOURCE = "dbc6f7639326ca3f"
 
 def _poller_source_digest() -> str:
 
-    from kombu.transport import redis as kombu_redis  # lazy: 69 ms, Redis brokers only
+    from kombu.transport import redis as kombu_redis  # lazy: 69 ms (node start, Redis broker)
 
     cycle, transport = kombu_redis.MultiChannelPoller, kombu_redis.Transport
     parts = (getattr(cycle.on_poll_start, "__wrapped__", cycle.on_poll_start),
@@ -326,7 +335,7 @@ def check_poller() -> None:
     """The kombu code the poller change mirrors is the installed code, and the
     private attributes it reads are there (kombu's and redis-py's)."""
     import redis  # lazy: redis-py is needed only with a Redis broker
-    from kombu.transport import redis as kombu_redis  # lazy: 69 ms, Redis brokers only
+    from kombu.transport import redis as kombu_redis  # lazy: 69 ms (node start, Redis broker)
     from kombu.utils.eventio import poll  # beside the check that uses it (loaded already)
 
     digest = _poller_source_digest()

@@ -58,7 +58,8 @@ def timer_entry_args(timer: Any) -> list[tuple[Any, ...]] | None:
 # the command line), where those imports would cost start-up time for nothing.
 
 def check_priority_keys() -> None:
-    from kombu.transport import redis as kombu_redis  # lazy: 69 ms, Redis brokers only
+    # lazy: 69 ms; loaded by a node's start check, not by every importer of tasker
+    from kombu.transport import redis as kombu_redis
 
     channel = kombu_redis.Channel
     for steps, sep in ((channel.priority_steps, channel.sep), ([0, 3, 6, 9], ":"),

@@ -65,6 +65,76 @@ def test_one_blocking_read_per_node_and_periodic_work_still_taken(start_node,
                          message="the sample sent to the periodic queue")
         assert stamp - sent < POLL_INTERVAL + 5  # read within an interval; the round's own time
         assert client.llen(PERIODIC_QUEUE) == 0
+        # The reader keeps one connection: none added read after read.
+        connections = len(client.client_list())
+        time.sleep(4 * POLL_INTERVAL)
+        assert len(client.client_list()) == connections
+
+
+def _periodic_message(url: str, **headers: object) -> bytes:
+    """A kombu message for the periodic queue as a Celery client sends it, headers changed."""
+    import json
+
+    from celery import Celery
+
+    key = f"{PERIODIC_QUEUE}.template"
+    Celery("publisher", broker=url).send_task("tasker.sample_fleet", queue=key)
+    client = redis.Redis.from_url(url)
+    envelope = json.loads(client.rpop(key))
+    envelope["headers"].update(headers)
+    return json.dumps(envelope).encode()
+
+
+def _unacked_routes(client: redis.Redis) -> list[str]:
+    import json
+
+    return [json.loads(v)[2] for v in client.hvals("unacked")]
+
+
+@pytest.mark.timeout(120)
+def test_messages_that_cannot_be_handled_are_dropped_not_put_back(start_node,
+                                                                 tmp_path: Path) -> None:
+    """A message decoded but unusable (a body that does not decompress, a task name
+    that is a list) is dropped with a line: put back, it would be read first again at
+    every read and hold every sample and recovery of the fleet behind it."""
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        url = f"redis://127.0.0.1:{server.port}/0"
+        client = redis.Redis.from_url(url)
+        for bad in (_periodic_message(url, compression="application/x-gzip"),
+                    _periodic_message(url, task=["tasker.sample_fleet"])):
+            client.lpush(PERIODIC_QUEUE, bad)
+        node = start_node(queue="celery", env={"TASKER_BROKER_URL": url,
+                                               "TASKER_SAMPLE_INTERVAL": "3600"})
+        wait_for(lambda: client.llen(PERIODIC_QUEUE) == 0, timeout=15,
+                 message="the unusable messages taken")
+        sent = _send_sample(url)
+        wait_for(lambda: _sampled_after(node, sent), timeout=15,
+                 message="a sample behind the unusable messages")
+        assert client.llen(PERIODIC_QUEUE) == 0
+        assert PERIODIC_QUEUE not in _unacked_routes(client)  # nothing left to come back
+        dropped = [e for e in node.log_events() if e.get("event") == "periodic.message_dropped"]
+        assert len(dropped) == 2, dropped
+
+
+@pytest.mark.timeout(120)
+def test_recovery_handed_to_the_pool_is_acked(start_node, tmp_path: Path) -> None:
+    """``tasker.recover_steps`` runs in a pool process and is acked on the reader's
+    connection when it ends: nothing of it stays in the unacked hash to run again."""
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        url = f"redis://127.0.0.1:{server.port}/0"
+        client = redis.Redis.from_url(url)
+        node = start_node(queue="celery", env={"TASKER_BROKER_URL": url,
+                                               "TASKER_SAMPLE_INTERVAL": "3600",
+                                               "TASKER_RECOVERY_INTERVAL": "3600"})
+        from celery import Celery
+
+        Celery("publisher", broker=url).send_task("tasker.recover_steps", queue=PERIODIC_QUEUE)
+        wait_for(lambda: total(node.scrape(), "tasker_tasks_succeeded_total",
+                               task="tasker.recover_steps") >= 1, timeout=30,
+                 message="the recovery run in the pool")
+        wait_for(lambda: PERIODIC_QUEUE not in _unacked_routes(client), timeout=10,
+                 message="its message acked")
+        assert client.llen(PERIODIC_QUEUE) == 0
 
 
 @pytest.mark.timeout(120)
