@@ -228,7 +228,7 @@ def _loads(raw: bytes | None) -> dict[str, Any]:
 
 _store_lock = threading.Lock()
 _stores: dict[int, ScheduleStore | None] = {}  # per pid: a forked process makes its own
-_warned: set[str] = set()
+_warned: set[str] = set()  # once-per-process warnings (signal receivers get no handle)
 
 
 def _store() -> ScheduleStore | None:
@@ -309,7 +309,7 @@ def _header(request: Any, name: str) -> Any:
     return value
 
 
-_entry_labels: set[str] = set()
+_entry_labels: set[str] = set()  # per process: the entries given zero series already
 
 
 def _entry_label(name: str) -> str:

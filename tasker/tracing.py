@@ -30,7 +30,7 @@ __all__ = ["setup_tracing", "tracing_enabled"]
 
 logger = logging.getLogger("tasker.tracing")
 
-_lock = threading.Lock()
+_lock = threading.Lock()  # OpenTelemetry's provider is process-wide: so is its setup
 _setup_pid: int | None = None
 
 

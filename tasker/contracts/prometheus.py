@@ -249,10 +249,19 @@ def _check_label_lock() -> None:
     if taken:
         # labels() must wait for it: held here, a labels() in another thread blocks.
         lock.acquire()
-        done = threading.Event()
-        t = threading.Thread(target=lambda: (counter.labels("y"), done.set()), daemon=True)
+        started, done = threading.Event(), threading.Event()
+
+        def probe() -> None:
+            started.set()
+            counter.labels("y")
+            done.set()
+
+        t = threading.Thread(target=probe, daemon=True)
         t.start()
-        taken = not done.wait(0.02)
+        # Waited for once the thread runs (a busy machine may start it late):
+        # labels() that did not block would have returned well within this.
+        started.wait(5.0)
+        taken = not done.wait(0.2)
         lock.release()
         t.join(1.0)
     _label_lock_known = taken

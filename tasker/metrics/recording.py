@@ -525,7 +525,7 @@ def _record_failed(recorder: Recorder, stage: str, exc: Exception) -> None:
         _count_own_failure(recorder, stage, exc)
 
 
-_failures_logged: set[str] = set()
+_failures_logged: set[str] = set()  # once-per-process error lines
 
 
 def _count_own_failure(recorder: Recorder, stage: str, exc: Exception) -> None:

@@ -150,7 +150,7 @@ def _find_cycle(graph: Mapping[str, tuple[str, ...]]) -> list[str] | None:
     return None
 
 
-_registry: dict[str, Workflow] = {}
+_registry: dict[str, Workflow] = {}  # filled as handler modules import (decorators get no handle)
 
 
 def _register(wf: Workflow) -> None:
