@@ -7,6 +7,11 @@ What tasker touches, and why:
   every level of a queue in one script, without a channel per queue;
 * the entries of kombu's timer (``Timer.queue``, each ``.entry.args``): the
   worker view counts the ETA/countdown tasks waiting in it;
+* the layout of kombu's ``unacked`` hash values (``[message, exchange,
+  routing_key]`` as JSON, written by ``QoS.append``) and of its binding
+  sets' members (``routing_key + sep + pattern + sep + queue`` in
+  ``_kombu.binding.<exchange>``): the broker sampler counts each queue's
+  unacked messages from them, in a server-side script;
 * a Redis channel's ``_size`` (every priority level's ``LLEN`` in one round
   trip): the periodic reader looks whether its queue holds anything before
   it takes (:mod:`tasker.periodic`), ten times a second.
@@ -29,7 +34,8 @@ from typing import Any
 
 from tasker.contracts.base import Touch
 
-__all__ = ["priority_list_keys", "timer_entry_args", "queue_size", "TOUCHES"]
+__all__ = ["priority_list_keys", "timer_entry_args", "queue_size", "unacked_layout_known",
+           "TOUCHES"]
 
 LIBRARY = "kombu"
 
@@ -54,6 +60,39 @@ def timer_entry_args(timer: Any) -> list[tuple[Any, ...]] | None:
         return None
     return [getattr(getattr(waiting, "entry", None), "args", None) or ()
             for waiting in list(timer.queue)]
+
+
+#: False when the start check found another unacked or binding layout.
+_unacked_layout_known = True
+
+
+def unacked_layout_known() -> bool:
+    """Whether the sampler may read kombu's unacked hash and binding sets (see the check)."""
+    return _unacked_layout_known
+
+
+def check_unacked_layout() -> None:
+    """kombu writes the layouts the broker sampler's script reads (its own code says so)."""
+    import inspect
+
+    # lazy: 69 ms; loaded by a node's start check, not by every importer of tasker
+    from kombu.transport import redis as kombu_redis
+
+    global _unacked_layout_known  # the start check's outcome, read by the sampler
+    _unacked_layout_known = False
+    append = kombu_redis.QoS.append
+    wants = (
+        (getattr(append, "__wrapped__", append), "dumps([message._raw, EX, RK])"),
+        (kombu_redis.QoS.restore_by_tag, "M, EX, RK = loads("),
+        (kombu_redis.Channel._queue_bind,
+         "self.sep.join([routing_key or '', pattern or '', queue or ''])"),
+    )
+    for function, text in wants:
+        if text not in inspect.getsource(function):
+            raise AssertionError(f"{function.__qualname__} no longer has {text!r}")
+    if kombu_redis.Channel.keyprefix_queue != "_kombu.binding.%s":
+        raise AssertionError(f"binding keys are {kombu_redis.Channel.keyprefix_queue!r}")
+    _unacked_layout_known = True
 
 
 #: False when the start check found a channel whose ``_size`` is not kombu 5.7's.
@@ -135,6 +174,9 @@ TOUCHES = (
           fallback=None),
     Touch(LIBRARY, "the timer's entries (Timer.queue, entry.args)", check_timer,
           fallback="the scheduled (ETA) task count is not exported"),
+    Touch(LIBRARY, "the unacked hash's and binding sets' layout (QoS.append, _queue_bind)",
+          check_unacked_layout,
+          fallback="unacked messages per queue are not sampled (tasker_queue_unacked absent)"),
     Touch(LIBRARY, "a Redis channel's queue size (Channel._size)", check_size,
           fallback="the periodic reader takes from its queue at every look (four RPOPs "
                    "instead of one round trip)"),

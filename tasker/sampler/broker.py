@@ -34,7 +34,7 @@ from urllib.parse import quote
 import kombu
 from kombu.exceptions import KombuError
 
-from tasker.contracts.kombu_redis import priority_list_keys
+from tasker.contracts.kombu_redis import priority_list_keys, unacked_layout_known
 from tasker.headers import PUBLISHED_AT_HEADER
 
 __all__ = [
@@ -164,7 +164,8 @@ def _sample_redis(
     # next crosses the wire (not the head of every level).
     with client.pipeline(transaction=False) as pipe:  # both in one round trip
         pipe.eval(_LEVELS_SCRIPT, len(keys), *keys, *[len(ks) for ks in levels.values()])
-        if chan.ack_emulation:
+        # The unacked hash's layout, checked when the node started (tasker.contracts).
+        if chan.ack_emulation and unacked_layout_known():
             unacked_key = prefix + chan.unacked_key
             pipe.eval(_UNACKED_SCRIPT, 3, unacked_key, prefix + chan.unacked_index_key,
                       # Versioned: a new layout never reads an old one's keys.

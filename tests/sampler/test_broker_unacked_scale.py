@@ -156,6 +156,19 @@ def test_a_wrongly_typed_queue_key_costs_only_its_queue(client, private_redis, c
     assert [getattr(r, "queue", None) for r in failed] == ["bad"]
 
 
+def test_an_unknown_unacked_layout_samples_depth_but_no_unacked(client, private_redis,
+                                                                 monkeypatch) -> None:
+    """The start check refused kombu's unacked layout: depths still, unacked unknown."""
+    from tasker.contracts import kombu_redis
+
+    monkeypatch.setattr(kombu_redis, "_unacked_layout_known", False)
+    hold(client, ["q"], 3)
+    client.lpush("q", b"{}")
+    with kombu.Connection(private_redis.url) as conn:
+        result = sample_queues(conn, ["q"])
+    assert (result["q"].depth, result["q"].unacked) == (1, None)
+
+
 def test_unacked_route_tail_parsing_in_the_script_matches_kombu(client, private_redis) -> None:
     # Routed through a named exchange, with a routing key that needs JSON escapes.
     conn = kombu.Connection(private_redis.url)

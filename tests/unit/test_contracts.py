@@ -221,6 +221,25 @@ def test_a_channel_without_create_client_is_left_as_it_is(
             kombu_client.install()
 
 
+def test_another_unacked_layout_turns_the_unacked_counts_off(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The broker sampler reads kombu's unacked hash and binding sets in a script of its
+    own: with another layout it would count wrong, so it counts nothing, and says so."""
+    from kombu.transport.redis import Channel
+
+    assert kombu_redis.unacked_layout_known()
+    monkeypatch.setattr(Channel, "keyprefix_queue", "_kombu.bindings.%s")
+    try:
+        lines = contracts.check()
+        assert len(lines) == 1, lines
+        _one_line_naming(lines[0], "kombu", "unacked", "falling back", "not sampled")
+        assert not kombu_redis.unacked_layout_known()
+    finally:
+        monkeypatch.undo()
+        kombu_redis.check_unacked_layout()
+    assert kombu_redis.unacked_layout_known()
+
+
 def test_unacked_copy_of_other_kombu_code_is_kombus_own(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The unacked copy mirrors kombu 5.7.0's ``QoS.append``: other code keeps kombu's own."""
