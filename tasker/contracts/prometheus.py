@@ -145,7 +145,12 @@ def check_file_layout(mmaped_dict: type | None = None) -> None:
     (what the store does), prometheus_client's ``read_all_values_from_file``
     (what the stock collector does) and ``MmapedDict``'s ``_positions``.
     """
-    with tempfile.TemporaryDirectory(prefix="tasker-contract-") as directory:
+    try:
+        scratch = tempfile.TemporaryDirectory(prefix="tasker-contract-")
+    except OSError as exc:  # the machine's fault, not the library's: say which
+        raise AssertionError(f"no probe file could be written in {tempfile.gettempdir()} "
+                             f"(TMPDIR): {exc}") from None
+    with scratch as directory:
         cls = multiprocess_value_class(lambda: "probe", mmaped_dict or AllocatedMmapedDict,
                                        directory=lambda: directory)
         try:
