@@ -269,7 +269,8 @@ def check_unacked_copy() -> None:
         raise AssertionError("the virtual QoS has no append of its own")
 
 
-def _unacked_copy_classes() -> Any:
+def _mirrored_transport(check: Any) -> Any:
+    """kombu's Redis transport module when it is the kombu mirrored and ``check`` passes."""
     try:
         import kombu  # beside the transport it checks (loaded already)
         from kombu.transport import redis as kombu_redis  # lazy: 69 ms (node start, Redis broker)
@@ -278,25 +279,19 @@ def _unacked_copy_classes() -> Any:
     if not kombu.__version__.startswith(_POLLER_KOMBU):
         return None
     try:
-        check_unacked_copy()
-    except Exception:  # noqa: BLE001 - another shape: kombu's own encoding
+        check()
+    except Exception:  # noqa: BLE001 - another shape: kombu's own code runs
         return None
     return kombu_redis
 
 
+def _unacked_copy_classes() -> Any:
+    return _mirrored_transport(check_unacked_copy)
+
+
 def _poller_classes() -> tuple[Any, Any] | None:
-    try:
-        import kombu  # beside the transport it checks (loaded already)
-        from kombu.transport import redis as kombu_redis  # lazy: 69 ms (node start, Redis broker)
-    except ImportError:  # pragma: no cover - kombu without the redis extra
-        return None
-    if not kombu.__version__.startswith(_POLLER_KOMBU):
-        return None
-    try:
-        check_poller()
-    except Exception:  # noqa: BLE001 - another shape: kombu's own poller step
-        return None
-    return kombu_redis.MultiChannelPoller, kombu_redis.Transport
+    module = _mirrored_transport(check_poller)
+    return None if module is None else (module.MultiChannelPoller, module.Transport)
 
 
 def check_create_client() -> None:
