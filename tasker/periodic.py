@@ -2,12 +2,13 @@
 
 Beat publishes ``tasker.sample_fleet`` and ``tasker.recover_steps`` to a queue
 of their own (:func:`periodic_queue_name`), which no pool consumer reads. Every
-worker node's MainProcess looks at it ten times a second, on a connection of
-its own (:class:`PeriodicWork`), apart from its prefetch of user tasks, so a
-node holding its full prefetch still takes the next periodic message within
-a tenth of a second. It was beat's messages waiting in ``celery`` behind a
-backlog, and expiring there, that made ``tasker_queue_depth`` vanish exactly
-when a backlog formed.
+worker node's MainProcess takes from it on a connection of its own
+(:class:`PeriodicWork`), apart from its prefetch of user tasks, so a node
+holding its full prefetch still takes the next periodic message at once (on
+Redis as it arrives, woken by :mod:`tasker.periodic_watch`; elsewhere within
+a second). It was beat's messages waiting in ``celery`` behind a backlog,
+and expiring there, that made ``tasker_queue_depth`` vanish exactly when a
+backlog formed.
 
 * ``tasker.sample_fleet`` runs in a thread of the MainProcess: it never waits
   for a free pool process, so pool processes busy with long tasks do not delay
@@ -40,6 +41,7 @@ from tasker import schedule_monitor
 from tasker.contracts import celery_worker, kombu_redis
 from tasker.headers import PUBLISHED_AT_HEADER
 from tasker.periodic_queue import PERIODIC_QUEUE, periodic_queue_name
+from tasker.periodic_watch import ArrivalWatcher
 from tasker.settings import get_settings
 
 __all__ = ["PeriodicWork", "periodic_queue_name", "PERIODIC_QUEUE", "PERIODIC_TASKS"]
@@ -62,6 +64,10 @@ def _expired(expires: object, now: datetime | None = None) -> bool:
     return (now or datetime.now(timezone.utc)) > when
 
 
+def _is_redis(connection: Any) -> bool:
+    return getattr(getattr(connection, "transport", None), "driver_type", None) == "redis"
+
+
 def _run_in_thread(task: Any, headers: dict[str, Any]) -> None:
     """Run ``task`` (the app's own task object) here, with the message's publish stamp."""
     # The task reads the publish stamp from its request (its stale check);
@@ -77,12 +83,12 @@ def _run_in_thread(task: Any, headers: dict[str, Any]) -> None:
 _IN_THREAD = frozenset({"tasker.sample_fleet"})
 #: Handed to the pool, through the consumer's own task handler.
 _TO_POOL = frozenset({"tasker.recover_steps"})
-#: Seconds between two looks at the periodic queue (the longest a message waits).
-#: Short, because a scheduled run's lateness counts from its due time
-#: (``tasker_schedule_lateness_seconds``; the median stays under 100 ms); a
-#: look at an empty Redis queue is one round trip (every priority level's
-#: LLEN), about 0.05 ms of the MainProcess's CPU: half a millisecond a second.
-POLL_INTERVAL = 0.1
+#: Seconds between two looks at the periodic queue. On Redis a message is taken
+#: as it arrives (:mod:`tasker.periodic_watch`); the look covers every priority
+#: level, a broker without the watcher (RabbitMQ: a message waits up to this
+#: long) and a watcher that is not running. A look at an empty Redis queue is
+#: one round trip (every priority level's LLEN): about 0.1 ms of CPU.
+POLL_INTERVAL = 1.0
 #: Messages taken in one read at most (beat sends a few per interval).
 READ_AT_MOST = 20
 #: The longest wait between two reads while reading fails (seconds).
@@ -94,16 +100,16 @@ _ACCEPT = prepare_accept_content(["json"])
 class PeriodicWork(bootsteps.StartStopStep):
     """Consumer bootstep: the periodic queue, read by the MainProcess itself.
 
-    Looked at every :data:`POLL_INTERVAL` seconds (and taken from with a
-    non-blocking get) on a connection of its own, not consumed: a second
-    consuming channel costs the event loop at every turn, so at every task
-    (kombu's Redis transport walks each consuming channel per turn: about
-    14,000 instructions per task, ``bench.instructions``), while a look every
-    tenth of a second costs the node the same whether it runs one task a
-    second or a thousand. The price is at most :data:`POLL_INTERVAL` seconds
-    before a periodic message is taken. The connection of its own (never
-    registered with the event loop) keeps those reads out of the consumer's
-    poller, and lets the reader run in whatever thread Celery's timer fires in.
+    Taken from with a non-blocking get on a connection of its own, not
+    consumed: a second consuming channel costs the event loop at every turn,
+    so at every task (kombu's Redis transport walks each consuming channel
+    per turn: about 14,000 instructions per task, ``bench.instructions``).
+    The reader looks every :data:`POLL_INTERVAL` seconds, and on Redis a
+    thread blocked on the queue's list (:class:`~tasker.periodic_watch.ArrivalWatcher`)
+    wakes it as a message arrives: what it costs is paid per periodic
+    message and once a second, whether the node runs one task a second or a
+    thousand. The connection of its own (never registered with the event
+    loop) keeps those reads out of the consumer's poller.
     """
 
     # After the task consumer: its handler takes the messages meant for the pool.
@@ -123,6 +129,7 @@ class PeriodicWork(bootsteps.StartStopStep):
         self._failing = False  # the last read failed (said once per outage)
         self._backoff = POLL_INTERVAL  # seconds to the next read after a failure
         self._retry_at = 0.0  # time.monotonic() before which no read is tried
+        self._watcher: ArrivalWatcher | None = None
 
     def start(self, c: Any) -> None:
         self._consumer = c
@@ -133,6 +140,11 @@ class PeriodicWork(bootsteps.StartStopStep):
         self._queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
         self._stopped = False
         self._timer_entry = c.timer.call_repeatedly(POLL_INTERVAL, self._read)
+        hub = getattr(c, "hub", None)
+        if hub is not None and _is_redis(c.connection):
+            # A message is taken as it arrives, not at the next look (see periodic_watch).
+            self._watcher = ArrivalWatcher(hub, self._watched_list, self._read)
+            self._watcher.start()
 
     def stop(self, c: Any) -> None:
         """No more reads; the connection stays open for the acks of tasks in flight.
@@ -146,6 +158,9 @@ class PeriodicWork(bootsteps.StartStopStep):
         entry, self._timer_entry = self._timer_entry, None
         if entry is not None:
             entry.cancel()
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.stop()
 
     def shutdown(self, c: Any) -> None:
         self.stop(c)
@@ -209,6 +224,20 @@ class PeriodicWork(bootsteps.StartStopStep):
                   if connection is not None else ())
         if connection is None or isinstance(exc, errors):
             self._close()  # a new connection at the next read; other errors keep this one
+
+    def _watched_list(self) -> tuple[Any, str] | None:
+        """(a redis-py client on the reader's connection, the queue's list key), if open.
+
+        Called by the watcher's thread: it reads the attribute once, and a
+        connection closed meanwhile makes its command fail (it tries again).
+        """
+        channel = self._channel
+        if channel is None or self._queue is None:
+            return None
+        import redis  # lazy: loaded already with a Redis broker (its transport needs it)
+
+        key = (getattr(channel, "global_keyprefix", None) or "") + self._queue.name
+        return redis.Redis(connection_pool=channel.pool), key
 
     def _open_channel(self) -> Any:
         if self._connection is None:

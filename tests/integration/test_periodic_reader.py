@@ -71,6 +71,26 @@ def test_one_blocking_read_per_node_and_periodic_work_still_taken(start_node,
         assert len(client.client_list()) == connections
 
 
+@pytest.mark.timeout(120)
+def test_an_idle_node_sends_the_broker_a_look_a_second_not_more(start_node,
+                                                                tmp_path: Path) -> None:
+    """What the reader costs an idle node: a look (every priority level's LLEN, one
+    round trip) a second and one BLMOVE wait every few seconds; never a loop."""
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        url = f"redis://127.0.0.1:{server.port}/0"
+        start_node(queue="celery", env={"TASKER_BROKER_URL": url,
+                                        "TASKER_SAMPLE_INTERVAL": "3600"})
+        client = redis.Redis.from_url(url)
+        time.sleep(2.0)  # started, its first looks done
+        client.config_resetstat()
+        time.sleep(5.0)
+        stats = client.info("commandstats")
+        calls = {name.removeprefix("cmdstat_"): v["calls"] for name, v in stats.items()}
+        assert calls.get("blmove", 0) <= 3, calls  # one wait per 5 s (WATCH_TIMEOUT)
+        assert calls.get("llen", 0) <= 4 * 7, calls  # 4 levels, a look a second (about 5)
+        assert calls.get("rpop", 0) == 0, calls  # nothing taken from an empty queue
+
+
 def _periodic_message(url: str, **headers: object) -> bytes:
     """A kombu message for the periodic queue as a Celery client sends it, headers changed."""
     import json
