@@ -14,7 +14,7 @@ What tasker touches, and why:
   unacked messages from them, in a server-side script;
 * a Redis channel's ``_size`` (every priority level's ``LLEN`` in one round
   trip): the periodic reader looks whether its queue holds anything before
-  it takes (:mod:`tasker.periodic`), ten times a second.
+  it takes (:mod:`tasker.periodic`), once a second.
 
 :func:`check` compares :func:`priority_list_keys` with kombu's own
 ``_q_for_pri`` for the default steps and a few others (no connection: the

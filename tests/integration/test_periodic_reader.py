@@ -2,7 +2,7 @@
 
 A second consuming channel cost the event loop at every turn, so at every task
 (kombu's Redis transport walks each consuming channel per turn). The periodic
-queue is now looked at ten times a second, on a connection of its own: these tests hold
+queue is now taken from on a connection of its own (woken as a message arrives): these tests hold
 the node to that (one blocking ``BRPOP`` per node, the task queue's) and to
 what the consumer used to give for free: a reader that comes back after the
 broker went away, and that is not stopped by a message it cannot read.
