@@ -147,7 +147,7 @@ def headline(benches: dict[str, Bench]) -> list[str]:
                                                            or ci[0] >= ALONE_CI_FLOOR)
                 rows.append(["… tasker's measuring alone: tasker ÷ bare Celery with tasker's "
                              "changes to kombu (`bare_client_reuse`, "
-                             "`tasker/broker_client.py`), per cycle",
+                             "`tasker/contracts/kombu_client.py`), per cycle",
                              _ratio_text(alone) + _busy_note(ob),
                              f"≥ {ALONE_TARGET}, CI lower end ≥ {ALONE_CI_FLOOR}",
                              verdict(met)])
@@ -408,11 +408,14 @@ def overhead_section(b: Bench) -> list[str]:
         alone = _measuring_alone(b)
         if reuse and alone and "paired_ratio_to_bare" in reuse:
             v2, note2 = _throughput_verdict(alone, t["target_ratio"])
-            text += ("**Two things make up that ratio.** tasker changes one thing in Celery's "
-                     "own work: kombu's Redis channel keeps one redis-py client instead of "
-                     "building one for every command (two per task, about 0.1 ms of the "
-                     "MainProcess's CPU each; `tasker/broker_client.py`). Bare Celery with "
-                     f"that change alone (`bare_client_reuse`) ran at "
+            text += ("**Two things make up that ratio.** tasker changes Celery's own work "
+                     "in kombu's Redis transport: each channel keeps one redis-py client "
+                     "instead of building one for every command (two per task, about 0.1 ms "
+                     "of the MainProcess's CPU each), the poller's turn skips channels with "
+                     "nothing to do, and the unacked copy of a message is the text it arrived "
+                     "as instead of the message encoded again (`tasker/contracts/"
+                     "kombu_client.py`). Bare Celery with those changes alone "
+                     f"(`bare_client_reuse`) ran at "
                      f"{_ratio_text(reuse['paired_ratio_to_bare'])} of bare Celery. Against "
                      "that node, in the same cycles, tasker's measuring (its receivers, "
                      "stamped headers, endpoints and threads) cost "
